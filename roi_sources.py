@@ -1,0 +1,230 @@
+"""Where ROI masks come from: YOLOv8 segmentation, a weight-free motion fallback, or mask files.
+
+Every source is a small object with ``mask(frame_rgb) -> float32 (H, W) in [0, 1]`` called once per
+frame in order, so sources may keep state (background model, last keyframe). ``make_roi_source``
+builds one from the CLI flags and applies the offline policy:
+
+- ``yolo``: Ultralytics weights must be loadable, else a one-line error (nothing is written);
+- ``auto``: YOLO when its weights load, otherwise a loud one-line warning and ``motion``;
+- ``motion``: OpenCV MOG2 background subtraction, no weights at all;
+- ``masks``: binary masks from a folder, named like the frames (DAVIS palette PNGs work too).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+
+from video_io import IMAGE_EXTS, UserError, list_frame_files
+
+DEFAULT_SEG_MODEL = "models/yolov8n-seg.pt"
+DEFAULT_ROI_CLASSES = "person,bicycle,car,motorcycle,bus,truck,cat,dog"
+YOLO_HELP = ("download yolov8n-seg.pt from the Ultralytics assets release into models/ "
+             "(or pass --seg_model_path), or use --roi_source motion")
+
+
+COCO_NAMES = (
+    "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant stop_sign "
+    "parking_meter bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack umbrella handbag "
+    "tie suitcase frisbee skis snowboard sports_ball kite baseball_bat baseball_glove skateboard surfboard "
+    "tennis_racket bottle wine_glass cup fork knife spoon bowl banana apple sandwich orange broccoli carrot "
+    "hot_dog pizza donut cake chair couch potted_plant bed dining_table toilet tv laptop mouse remote "
+    "keyboard cell_phone microwave oven toaster sink refrigerator book clock vase scissors teddy_bear "
+    "hair_drier toothbrush").replace("_", "~").split()
+
+
+class YoloUnavailable(UserError):
+    """YOLO weights missing or unloadable (offline, wrong path, corrupt file)."""
+
+
+def load_yolo(seg_model_path: str):
+    """Load an Ultralytics YOLO segmentation model; YoloUnavailable with the fix if it cannot.
+
+    A ``.yaml`` name (e.g. ``yolov8n-seg.yaml``) builds the architecture with random weights: the
+    same cost, useful for speed benchmarks only.
+    """
+    try:
+        from ultralytics import YOLO
+    except ImportError:
+        raise YoloUnavailable("ultralytics is not installed; pip install -r requirements.txt, "
+                              "or use --roi_source motion") from None
+    path = Path(seg_model_path)
+    try:  # for a known asset name that is not on disk, Ultralytics downloads it (online users)
+        return YOLO(str(path), task="segment")
+    except Exception as e:  # ConnectionError offline, RuntimeError/EOFError for a corrupt file, ...
+        reason = "not found and could not be downloaded" if not path.is_file() else f"unreadable ({type(e).__name__})"
+        raise YoloUnavailable(f"{path}: YOLO segmentation weights {reason}; {YOLO_HELP}") from None
+
+
+def class_ids(model, roi_classes: Optional[str]) -> Optional[list[int]]:
+    """'person,car' -> COCO ids of the model; None keeps every class."""
+    if not roi_classes or roi_classes.strip().lower() == "all":
+        return None
+    names = dict(model.names)
+    if all(str(n).isdigit() for n in names.values()) and len(names) == len(COCO_NAMES):
+        names = {i: n.replace("~", " ") for i, n in enumerate(COCO_NAMES)}  # built from .yaml: no names
+    by_name = {str(n).lower(): i for i, n in names.items()}
+    ids = []
+    for name in roi_classes.split(","):
+        name = name.strip().lower()
+        if name not in by_name:
+            raise UserError(f"--roi_classes: unknown class '{name}'; choose from {', '.join(sorted(by_name))}")
+        ids.append(by_name[name])
+    return ids
+
+
+class YoloSegmenter:
+    """Union of the instance masks of the chosen classes, via the polygons Ultralytics returns
+    in original-image coordinates (cheaper than full-resolution 'retina' masks)."""
+
+    def __init__(self, model, roi_classes: Optional[str] = DEFAULT_ROI_CLASSES, conf: float = 0.25,
+                 imgsz: int = 640, device: Optional[str] = None):
+        self.model, self.conf, self.imgsz, self.device = model, conf, imgsz, device
+        self.classes = class_ids(model, roi_classes)
+        self.calls = 0
+
+    def segment(self, frame: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        h, w = frame.shape[:2]
+        result = self.model.predict(frame[..., ::-1], imgsz=self.imgsz, conf=self.conf, classes=self.classes,
+                                    device=self.device, verbose=False)[0]
+        mask = np.zeros((h, w), np.uint8)
+        if result.masks is not None:
+            for poly in result.masks.xy:
+                if len(poly) >= 3:
+                    cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 1)
+        return mask.astype(np.float32)
+
+
+def _small_gray(frame: np.ndarray, width: int) -> np.ndarray:
+    h, w = frame.shape[:2]
+    size = (width, max(1, round(h * width / w)))
+    return cv2.cvtColor(cv2.resize(frame, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+
+
+class KeyframeSource:
+    """Runs an expensive segmenter every `interval` frames and carries its mask in between by
+    warping it with dense optical flow (Farneback at low resolution), so objects stay covered."""
+
+    def __init__(self, segmenter, interval: int = 1, flow_width: int = 256):
+        if interval < 1:
+            raise UserError(f"--keyframe_interval must be >= 1, got {interval}")
+        self.segmenter, self.interval, self.flow_width = segmenter, interval, flow_width
+        self.index, self.prev_gray, self.prev_mask = 0, None, None
+
+    def mask(self, frame: np.ndarray) -> np.ndarray:
+        gray = _small_gray(frame, self.flow_width) if self.interval > 1 else None
+        if self.index % self.interval == 0 or self.prev_mask is None:
+            full = self.segmenter.segment(frame)
+            small = cv2.resize(full, gray.shape[::-1], interpolation=cv2.INTER_AREA) if gray is not None else full
+        else:
+            small = self._warp(self.prev_mask, self.prev_gray, gray)
+            full = cv2.resize(small, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
+        self.index += 1
+        self.prev_gray, self.prev_mask = gray, small
+        return full
+
+    @staticmethod
+    def _warp(mask, prev_gray, gray):
+        """Backward warp: where is each current pixel in the previous frame?"""
+        flow = cv2.calcOpticalFlowFarneback(gray, prev_gray, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+        h, w = gray.shape
+        grid = np.stack(np.meshgrid(np.arange(w), np.arange(h)), -1).astype(np.float32)
+        mapping = grid + flow
+        return cv2.remap(mask, mapping[..., 0], mapping[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+class MotionSource:
+    """Weight-free ROI: moving things, by OpenCV's MOG2 background subtraction at low resolution,
+    cleaned with morphology and dilated so objects are covered with a margin. Works for static
+    cameras; with a moving camera much of the frame becomes ROI (safe, but fewer savings)."""
+
+    def __init__(self, work_width: int = 320, history: int = 120, var_threshold: float = 24.0):
+        self.work_width = work_width
+        self.bg = cv2.createBackgroundSubtractorMOG2(history=history, varThreshold=var_threshold,
+                                                     detectShadows=False)
+        self.kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+
+    def mask(self, frame: np.ndarray) -> np.ndarray:
+        h, w = frame.shape[:2]
+        width = min(self.work_width, w)
+        small = cv2.resize(frame, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+        fg = self.bg.apply(cv2.GaussianBlur(small, (3, 3), 0))
+        fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, self.kernel)
+        fg = cv2.dilate(cv2.morphologyEx(fg, cv2.MORPH_CLOSE, self.kernel, iterations=2), self.kernel)
+        return cv2.resize((fg > 0).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def read_mask_file(path: Path) -> np.ndarray:
+    """A mask image -> float (H, W): any non-zero pixel (or palette index) is ROI."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im if im.mode in ("P", "L", "1", "I", "I;16") else im.convert("L"))
+    except Exception:
+        raise UserError(f"{path}: cannot read this mask; masks are 0/255 PNGs named like the frames") from None
+    return (arr > 0).astype(np.float32)
+
+
+class MaskFolderSource:
+    """Masks from files: matched to frames by file stem when `frame_names` is given (frame folders),
+    otherwise by order (video input)."""
+
+    def __init__(self, masks_dir, frame_names: Optional[Sequence[str]] = None):
+        self.dir = Path(masks_dir) if masks_dir else None
+        if self.dir is None or not self.dir.is_dir():
+            raise UserError(f"--masks_dir {masks_dir}: not a folder; --roi_source masks needs a folder of "
+                            f"0/255 PNG masks named like the frames")
+        files = list_frame_files(self.dir)
+        if not files:
+            raise UserError(f"{self.dir}: no mask images found ({', '.join(sorted(IMAGE_EXTS))})")
+        self.by_stem = {f.stem: f for f in files}
+        self.files = files
+        self.frame_names = list(frame_names) if frame_names else None
+        self.index = 0
+
+    def mask(self, frame: np.ndarray) -> np.ndarray:
+        i, self.index = self.index, self.index + 1
+        if self.frame_names is not None:
+            stem = Path(self.frame_names[i]).stem
+            if stem not in self.by_stem:
+                raise UserError(f"{self.dir}: no mask for frame '{self.frame_names[i]}'; expected {stem}.png")
+            path = self.by_stem[stem]
+        else:
+            if i >= len(self.files):
+                raise UserError(f"{self.dir}: {len(self.files)} masks but the video has more frames")
+            path = self.files[i]
+        m = read_mask_file(path)
+        h, w = frame.shape[:2]
+        if m.shape != (h, w):
+            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
+        return m
+
+
+def warn(msg: str) -> None:
+    print(f"WARNING: {msg}", file=sys.stderr, flush=True)
+
+
+def make_roi_source(kind: str, seg_model_path: str = DEFAULT_SEG_MODEL, roi_classes: str = DEFAULT_ROI_CLASSES,
+                    conf: float = 0.25, imgsz: int = 640, keyframe_interval: int = 1, masks_dir=None,
+                    frame_names=None, device=None, yolo_model=None):
+    """Build the ROI source the flags ask for; returns (source, name of the source actually used)."""
+    if kind == "masks":
+        return MaskFolderSource(masks_dir, frame_names), "masks"
+    if kind == "motion":
+        return MotionSource(), "motion"
+    if kind not in ("yolo", "auto"):
+        raise UserError(f"--roi_source {kind}: choose auto, yolo, motion or masks")
+    try:
+        model = yolo_model or load_yolo(seg_model_path)
+    except YoloUnavailable as e:
+        if kind == "yolo":
+            raise
+        warn(f"{e} -- falling back to --roi_source motion")
+        return MotionSource(), "motion"
+    seg = YoloSegmenter(model, roi_classes, conf, imgsz, device)
+    return KeyframeSource(seg, keyframe_interval), "yolo"
+

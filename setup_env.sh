@@ -1,0 +1,27 @@
+# Sourced by inference.sh, train.sh and tests/run.sh: find or build a Python environment with
+# requirements.txt installed, and export PY (the interpreter to use).
+#  - an already active virtualenv/conda env that has the packages is used as is;
+#  - otherwise ./.venv is created (first run: a few minutes, ~6.5 GB with a CUDA build of torch)
+#    and re-synced whenever requirements.txt changes.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+_probe='import torch, torchvision, av, cv2, tqdm, numpy, ultralytics, open_clip, transformers, bjontegaard, matplotlib, pytest'
+if [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && python -c "$_probe" >/dev/null 2>&1; then
+    PY="$(command -v python)"
+else
+    VENV="$ROOT/.venv"
+    stamp="$VENV/.requirements.sha256"
+    want="$(sha256sum "$ROOT/requirements.txt" | cut -d' ' -f1)"
+    if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        echo "setting up $VENV from requirements.txt (first run only; a few minutes)..." >&2
+        python3 -m venv "$VENV" || { echo "error: could not create $VENV (is python3-venv installed?)" >&2; exit 1; }
+        "$VENV/bin/python" -m pip install -q --upgrade pip >&2 || true
+        "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements.txt" >&2 \
+            || { echo "error: pip install -r requirements.txt failed (see above)" >&2; exit 1; }
+        echo "$want" > "$stamp"
+    fi
+    PY="$VENV/bin/python"
+fi
+export PY
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+# Ultralytics: keep its settings file inside the repo.
+export YOLO_CONFIG_DIR="${YOLO_CONFIG_DIR:-$ROOT/.cache/ultralytics}"

@@ -1,0 +1,99 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from roi_downsampler import (PARAM_NAMES, DownsamplerConfig, ROIDownsampler, count_parameters, load_model,
+                             save_checkpoint)
+from video_io import UserError
+
+
+def clip(b=1, t=4, h=32, w=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.rand(b, t, 3, h, w, generator=g)
+    masks = torch.zeros(b, t, 1, h, w)
+    masks[..., 8:20, 10:30] = 1
+    return frames, masks
+
+
+@pytest.mark.parametrize("s,h,w", [(2, 32, 48), (4, 32, 48), (2, 33, 49), (4, 37, 50)])
+def test_shapes_for_scales_and_odd_sizes(s, h, w):
+    model = ROIDownsampler(DownsamplerConfig(scale_factor=s))
+    out = model(*clip(b=2, t=3, h=h, w=w))
+    assert out.frames.shape == (2, 3, 3, h // s, w // s)
+    assert out.masks.shape == (2, 3, 1, h // s, w // s)
+    assert out.params.shape == (2, 3, len(PARAM_NAMES))
+
+
+def test_untrained_model_is_area_downscaling():
+    frames, masks = clip()
+    out = ROIDownsampler(DownsamplerConfig(scale_factor=2))(frames, masks)
+    area = F.avg_pool2d(frames.flatten(0, 1), 2).view_as(out.frames)
+    assert (out.frames - area).abs().max() < 2e-3
+
+
+def test_params_are_within_their_documented_ranges():
+    from roi_downsampler import PARAM_SPECS
+    model = ROIDownsampler()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 3)
+    params = model(*clip()).params
+    for i, (lo, hi, _) in enumerate(PARAM_SPECS.values()):
+        assert (params[..., i] >= lo).all() and (params[..., i] <= hi).all()
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_streaming_equals_whole_clip(chunk):
+    torch.manual_seed(0)
+    model = ROIDownsampler(DownsamplerConfig(scale_factor=2)).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # a non-trivial model: every part active
+            p.add_(torch.randn_like(p) * 0.3)
+        frames, masks = clip(t=7)
+        whole = model(frames, masks)
+        state, outs, soft = None, [], []
+        for t0 in range(0, 7, chunk):
+            o = model(frames[:, t0:t0 + chunk], masks[:, t0:t0 + chunk], state)
+            state = o.state
+            outs.append(o.frames), soft.append(o.masks)
+    assert torch.allclose(torch.cat(outs, 1), whole.frames, atol=1e-6)
+    assert torch.allclose(torch.cat(soft, 1), whole.masks, atol=1e-6)
+
+
+def test_gradient_reaches_every_part():
+    torch.manual_seed(0)
+    model = ROIDownsampler(DownsamplerConfig(scale_factor=2))
+    with torch.no_grad():
+        for p in model.parameters():  # away from the zero init, where some paths are gated off
+            p.add_(torch.randn_like(p) * 0.1)
+    frames, masks = clip(t=3)
+    out = model(frames, masks)
+    (out.frames.square().mean() + out.masks.mean()).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_parameter_budget():
+    assert count_parameters(ROIDownsampler(DownsamplerConfig(scale_factor=4))) <= 500_000
+
+
+def test_checkpoint_round_trip_and_errors(tmp_path):
+    model = ROIDownsampler(DownsamplerConfig(scale_factor=4))
+    with torch.no_grad():
+        model.detail[2].weight.fill_(0.01)
+    path = tmp_path / "m.pth"
+    save_checkpoint(path, model, train_args={"epochs": 1}, metrics={"val": 1.0})
+    loaded, ckpt = load_model(path, expected_scale=4)
+    assert torch.equal(loaded.detail[2].weight, model.detail[2].weight)
+    assert ckpt["train_args"] == {"epochs": 1} and ckpt["format_version"] == 1
+    with pytest.raises(UserError, match="x4"):
+        load_model(path, expected_scale=2)
+    corrupt = tmp_path / "bad.pth"
+    corrupt.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(UserError, match="corrupt"):
+        load_model(corrupt)
+    torch.save({"state_dict": {}}, tmp_path / "other.pth")
+    with pytest.raises(UserError, match="not an ROI downsampler"):
+        load_model(tmp_path / "other.pth")
+    with pytest.raises(UserError, match="not found"):
+        load_model(tmp_path / "missing.pth")

@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+
+from video_io import (FrameReader, H264Writer, UserError, crop_to_multiple, frame_name, list_frame_files,
+                      natural_key, write_png)
+from conftest import moving_square_frames
+
+
+def test_natural_sort_and_hidden_files(tmp_path):
+    img = np.zeros((4, 4, 3), np.uint8)
+    for name in ["10.png", "2.png", "1.jpg", ".hidden.png", "notes.txt"]:
+        write_png(tmp_path / name, img) if name.endswith("png") or name.endswith("jpg") else (tmp_path / name).write_text("x")
+    assert [p.name for p in list_frame_files(tmp_path)] == ["1.jpg", "2.png", "10.png"]
+    assert sorted(["f10", "f2", "f1"], key=natural_key) == ["f1", "f2", "f10"]
+
+
+def test_frame_folder_reader_reports_info(frame_folder):
+    r = FrameReader(frame_folder, fps=12)
+    frames = list(r)
+    assert len(frames) == 6 and r.info.num_frames == 6
+    assert (r.info.width, r.info.height, r.info.fps) == (64, 48, 12.0)
+    assert frames[0].dtype == np.uint8 and frames[0].shape == (48, 64, 3)
+
+
+def test_video_round_trip_keeps_count_size_fps_and_content(tmp_path):
+    frames, _ = moving_square_frames(n=10, h=48, w=64)
+    w = H264Writer(tmp_path / "v.mp4", fps=30, crf=10)
+    for f in frames:
+        w.write(f)
+    size = w.close()
+    assert size == (tmp_path / "v.mp4").stat().st_size > 0
+    assert not list(tmp_path.glob(".*partial*")), "temp file must be renamed away"
+    r = FrameReader(tmp_path / "v.mp4")
+    back = list(r)
+    assert len(back) == 10 and abs(r.info.fps - 30) < 1e-6
+    mse = np.mean([(a.astype(float) - b) ** 2 for a, b in zip(frames, back)])
+    assert 10 * np.log10(255 ** 2 / mse) > 30
+
+
+def test_odd_size_video_is_padded_only_in_mp4(tmp_path):
+    w = H264Writer(tmp_path / "odd.mp4", fps=25)
+    w.write(np.full((15, 21, 3), 128, np.uint8))
+    w.close()
+    r = FrameReader(tmp_path / "odd.mp4")
+    assert (r.info.width, r.info.height) == (22, 16)
+
+
+def test_crop_to_multiple_policy():
+    f = np.zeros((37, 51, 3), np.uint8)
+    assert crop_to_multiple(f, 2).shape == (36, 50, 3)
+    assert crop_to_multiple(f, 4).shape == (36, 48, 3)
+    with pytest.raises(UserError):
+        crop_to_multiple(np.zeros((3, 3, 3), np.uint8), 4)
+
+
+def test_frame_names_are_five_digits():
+    assert frame_name(0) == "00000.png" and frame_name(123) == "00123.png"
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "unsupported", "corrupt_video"])
+def test_bad_inputs_give_one_line_errors(tmp_path, case):
+    path = tmp_path / case
+    if case == "empty":
+        path.mkdir()
+    elif case == "unsupported":
+        path = tmp_path / "clip.gif.txt"
+        path.write_text("hello")
+    elif case == "corrupt_video":
+        path = tmp_path / "broken.mp4"
+        path.write_bytes(b"\x00\x01garbage" * 100)
+    with pytest.raises(UserError) as e:
+        list(FrameReader(path))
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg
+
+
+def test_corrupt_frame_is_named_or_skipped_when_opted_in(frame_folder):
+    bad = frame_folder / "frame3.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(UserError, match="frame3.png"):
+        list(FrameReader(frame_folder))
+    with pytest.warns(UserWarning, match="frame3.png"):
+        r = FrameReader(frame_folder, skip_bad=True)
+        frames = list(r)
+    assert len(frames) == 5 and r.skipped == [str(bad)]
+
+
+def test_frames_of_different_sizes_are_an_error(frame_folder):
+    write_png(frame_folder / "frame9.png", np.zeros((10, 10, 3), np.uint8))
+    with pytest.raises(UserError, match="frame9.png"):
+        list(FrameReader(frame_folder))
