@@ -1,0 +1,227 @@
+"""Losses that train the ROI downsampler.
+
+    total = perceptual_weight * perceptual   (CLIP and/or BLIP image-embedding distance)
+          + roi_weight        * roi          (L1 + SSIM to the area reference, inside the ROI)
+          + temporal_weight   * temporal     (output flicker beyond the reference's own change)
+          + rate_weight       * rate         (what an encoder pays for: background texture and change)
+          + background_weight * background   (keeps the simplified background recognisable)
+
+The reference everywhere is the area-downscaled input: it is what the field compares against,
+and matching it inside the ROI is what "objects stay sharp and faithful" means at low resolution.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from video_io import UserError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP / BLIP preprocessing statistics
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+EPS = 1e-6
+
+
+class PerceptualUnavailable(UserError):
+    """Encoder weights missing (offline, wrong path)."""
+
+
+# ----------------------------------------------------------------------------- encoders
+
+
+class ImageEmbedder(nn.Module):
+    """Frozen image encoder: resize to its input size, normalise, embed, L2-normalise."""
+
+    def __init__(self, encode, image_size: int, name: str):
+        super().__init__()
+        self.encode, self.image_size, self.name = encode, image_size, name
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
+                          align_corners=False, antialias=True)
+        return F.normalize(self.encode((x - self.mean) / self.std), dim=-1)
+
+
+def _freeze(module: nn.Module) -> nn.Module:
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def clip_embedder(model) -> ImageEmbedder:
+    """Wrap an open_clip CLIP model (pretrained or a tiny random one in tests)."""
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    emb = ImageEmbedder(model.encode_image, int(size), "clip")
+    emb.model = _freeze(model)
+    return emb
+
+
+def blip_embedder(vision_model) -> ImageEmbedder:
+    """Wrap a transformers BlipVisionModel: its pooled output is the image feature."""
+    emb = ImageEmbedder(lambda x: vision_model(pixel_values=x).pooler_output,
+                        int(vision_model.config.image_size), "blip")
+    emb.model = _freeze(vision_model)
+    return emb
+
+
+def load_clip(model_name: str = "ViT-B-32", pretrained: str = "openai") -> ImageEmbedder:
+    """open_clip model by name with a pretrained tag or a local checkpoint file."""
+    import open_clip
+    try:
+        model = open_clip.create_model(model_name, pretrained=pretrained)
+    except Exception as e:
+        raise PerceptualUnavailable(
+            f"CLIP {model_name} weights '{pretrained}' could not be loaded ({type(e).__name__}; offline?): "
+            f"pass --clip_pretrained /path/to/open_clip_model.safetensors, or --perceptual_model none") from None
+    return clip_embedder(model)
+
+
+def load_blip(name_or_path: str = "Salesforce/blip-image-captioning-base") -> ImageEmbedder:
+    """BLIP vision tower from a hub id or a local folder (transformers)."""
+    from transformers import BlipForConditionalGeneration
+    local = Path(name_or_path).is_dir()
+    try:
+        full = BlipForConditionalGeneration.from_pretrained(
+            name_or_path, local_files_only=local or bool(os.environ.get("HF_HUB_OFFLINE")))
+    except Exception as e:
+        raise PerceptualUnavailable(
+            f"BLIP '{name_or_path}' could not be loaded ({type(e).__name__}; offline?): pass --blip_model "
+            f"/path/to/a/saved/blip folder, or --perceptual_model clip|none") from None
+    return blip_embedder(full.vision_model)
+
+
+def load_perceptual(kind: str, clip_model="ViT-B-32", clip_pretrained="openai",
+                    blip_model="Salesforce/blip-image-captioning-base") -> list[ImageEmbedder]:
+    """Encoders for --perceptual_model clip|blip|clip+blip|none (loaded once, frozen)."""
+    if kind == "none":
+        return []
+    parts = kind.split("+")
+    if not set(parts) <= {"clip", "blip"}:
+        raise UserError(f"--perceptual_model {kind}: choose clip, blip, clip+blip or none")
+    return [load_clip(clip_model, clip_pretrained) if p == "clip" else load_blip(blip_model) for p in parts]
+
+
+# ----------------------------------------------------------------------------- loss terms
+
+
+def area_reference(frames: torch.Tensor, s: int) -> torch.Tensor:
+    """(B,T,3,H,W) -> area-downscaled (B,T,3,H/s,W/s), cropped like the network crops."""
+    b, t, c, h, w = frames.shape
+    x = frames[..., : h - h % s, : w - w % s].flatten(0, 1)
+    return F.avg_pool2d(x, s).unflatten(0, (b, t))
+
+
+def roi_at_output(masks: torch.Tensor, s: int) -> torch.Tensor:
+    """Binary ROI at output resolution: any ROI pixel in the s x s cell counts."""
+    b, t, c, h, w = masks.shape
+    x = masks[..., : h - h % s, : w - w % s].flatten(0, 1)
+    return (F.avg_pool2d(x, s) > 0).float().unflatten(0, (b, t))
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, k: int = 7) -> torch.Tensor:
+    """Per-pixel SSIM (box window), images in [0,1], any leading dims flattened."""
+    shape = x.shape
+    x, y = x.reshape(-1, *shape[-3:]), y.reshape(-1, *shape[-3:])
+    pool = lambda z: F.avg_pool2d(z, k, stride=1, padding=k // 2, count_include_pad=False)
+    mx, my = pool(x), pool(y)
+    vx, vy, cxy = pool(x * x) - mx ** 2, pool(y * y) - my ** 2, pool(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return s.reshape(shape)
+
+
+def masked_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean of x where weight is on, normalised per sample by the weighted area (so small objects
+    count as much as large ones), then averaged over the batch."""
+    dims = tuple(range(1, x.dim()))
+    num = (x * weight).sum(dims)
+    den = (weight.expand_as(x)).sum(dims)
+    return (num / (den + EPS)).mean()
+
+
+def roi_loss(out, ref, roi):
+    """L1 + (1 - SSIM) to the area reference inside the ROI, normalised by ROI area."""
+    return masked_mean((out - ref).abs(), roi) + masked_mean(1 - ssim_map(out, ref), roi)
+
+
+def temporal_loss(out, ref, roi):
+    """Flicker: how much more the output changes between frames than the reference does.
+
+    Only the excess counts: following real motion is free, and so is holding a still background."""
+    if out.shape[1] < 2:
+        return out.new_zeros(())
+    excess = F.relu((out[:, 1:] - out[:, :-1]).abs() - (ref[:, 1:] - ref[:, :-1]).abs())
+    return masked_mean(excess, roi[:, 1:]) + masked_mean(excess, 1 - roi[:, 1:])
+
+
+def rate_proxy(out, roi):
+    """What an encoder pays for outside the ROI: spatial gradient energy and frame-to-frame change."""
+    bg = 1 - roi
+    dx = (out[..., :, 1:] - out[..., :, :-1]).abs()
+    dy = (out[..., 1:, :] - out[..., :-1, :]).abs()
+    spatial = masked_mean(dx, bg[..., :, 1:]) + masked_mean(dy, bg[..., 1:, :])
+    if out.shape[1] < 2:
+        return spatial
+    return spatial + masked_mean((out[:, 1:] - out[:, :-1]).abs(), bg[:, 1:])
+
+
+def background_loss(out, ref, roi):
+    """L1 to the reference outside the ROI: keeps the simplified background recognisable."""
+    return masked_mean((out - ref).abs(), 1 - roi)
+
+
+def perceptual_loss(encoders, frames, out, max_frames: int = 2):
+    """1 - cosine similarity of image embeddings of the original frame and the (upsampled) output,
+    averaged over encoders, on up to `max_frames` evenly spaced frames per clip to bound cost."""
+    if not encoders:
+        return out.new_zeros(())
+    t = frames.shape[1]
+    idx = torch.linspace(0, t - 1, min(max_frames, t)).round().long().tolist()
+    orig, low = frames[:, idx].flatten(0, 1), out[:, idx].flatten(0, 1)
+    total = 0.0
+    for enc in encoders:
+        with torch.no_grad():
+            target = enc(orig)
+        total = total + (1 - (enc(low) * target).sum(-1)).mean()
+    return total / len(encoders)
+
+
+@dataclass
+class LossWeights:
+    perceptual: float = 1.0
+    roi: float = 5.0
+    temporal: float = 2.0
+    rate: float = 1.0
+    background: float = 0.25
+
+
+class CombinedLoss(nn.Module):
+    """The training objective; returns (total, {component: value}) for logging."""
+
+    def __init__(self, weights: LossWeights, scale_factor: int, encoders: Optional[list] = None):
+        super().__init__()
+        self.w, self.s = weights, scale_factor
+        self.encoders = nn.ModuleList(encoders or [])
+
+    def forward(self, output, frames, masks):
+        ref = area_reference(frames, self.s)
+        roi = roi_at_output(masks, self.s)
+        parts = {
+            "perceptual": perceptual_loss(list(self.encoders), frames, output.frames) if self.w.perceptual else None,
+            "roi": roi_loss(output.frames, ref, roi),
+            "temporal": temporal_loss(output.frames, ref, roi),
+            "rate": rate_proxy(output.frames, roi),
+            "background": background_loss(output.frames, ref, roi),
+        }
+        parts = {k: v for k, v in parts.items() if v is not None}
+        total = sum(getattr(self.w, k) * v for k, v in parts.items())
+        return total, {k: float(v.detach()) for k, v in parts.items()}

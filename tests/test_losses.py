@@ -1,0 +1,108 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from blip_clip_loss import (CombinedLoss, LossWeights, PerceptualUnavailable, area_reference, blip_embedder,
+                            clip_embedder, load_perceptual, perceptual_loss, rate_proxy, roi_at_output, roi_loss,
+                            temporal_loss)
+from roi_downsampler import DownsamplerConfig, ROIDownsampler
+
+
+def tiny_clip():
+    import open_clip
+    torch.manual_seed(0)
+    return open_clip.model.CLIP(
+        embed_dim=16,
+        vision_cfg=open_clip.model.CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=32),
+        text_cfg=open_clip.model.CLIPTextCfg(context_length=8, vocab_size=64, width=16, heads=2, layers=1))
+
+
+def tiny_blip():
+    from transformers import BlipVisionConfig, BlipVisionModel
+    torch.manual_seed(0)
+    return BlipVisionModel(BlipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                            num_attention_heads=2, image_size=32, patch_size=8,
+                                            initializer_range=0.02))
+
+
+def textured_clip(t=4, h=32, w=32):
+    g = torch.Generator().manual_seed(1)
+    frames = torch.rand(1, t, 3, h, w, generator=g)
+    masks = torch.zeros(1, t, 1, h, w)
+    masks[..., 8:24, 8:24] = 1
+    return frames, masks
+
+
+def blur(x, k=5):
+    b = x.flatten(0, 1)
+    return F.avg_pool2d(b, k, stride=1, padding=k // 2, count_include_pad=False).view_as(x)
+
+
+def test_roi_loss_rises_when_the_roi_is_blurred():
+    frames, masks = textured_clip()
+    ref, roi = area_reference(frames, 2), roi_at_output(masks, 2)
+    sharp = roi_loss(ref, ref, roi)
+    blurred = ref * (1 - roi) + blur(ref) * roi
+    assert sharp < 1e-4 < roi_loss(blurred, ref, roi)
+
+
+def test_roi_loss_counts_small_objects_as_much_as_large_ones():
+    ref = torch.rand(1, 1, 3, 16, 16)
+    small, large = torch.zeros(1, 1, 1, 16, 16), torch.zeros(1, 1, 1, 16, 16)
+    small[..., 2:4, 2:4], large[..., 2:14, 2:14] = 1, 1
+    out = ref + 0.1
+    assert float(roi_loss(out, ref, small)) == pytest.approx(float(roi_loss(out, ref, large)), rel=0.05)
+
+
+def test_rate_proxy_falls_when_the_background_is_blurred():
+    frames, masks = textured_clip()
+    ref, roi = area_reference(frames, 2), roi_at_output(masks, 2)
+    simplified = ref * roi + blur(ref) * (1 - roi)
+    assert rate_proxy(simplified, roi) < rate_proxy(ref, roi)
+
+
+def test_temporal_loss_punishes_flicker_not_motion_or_holding():
+    frames, masks = textured_clip()
+    ref, roi = area_reference(frames, 2), roi_at_output(masks, 2)
+    assert temporal_loss(ref, ref, roi) == 0  # following the reference's own change is free
+    held = ref[:, :1].expand_as(ref)
+    assert temporal_loss(held, ref, roi) == 0  # changing less than the reference is free
+    flicker = ref + 0.1 * torch.tensor([1.0, -1, 1, -1]).view(1, 4, 1, 1, 1)
+    assert temporal_loss(flicker, ref, roi) > 0.05
+
+
+@pytest.mark.parametrize("make", [lambda: clip_embedder(tiny_clip()), lambda: blip_embedder(tiny_blip())])
+def test_perceptual_loss_is_zero_for_identical_content_and_grows_with_damage(make):
+    enc = make()
+    frames, _ = textured_clip(h=64, w=64)
+    ref = area_reference(frames, 2)
+    same = perceptual_loss([enc], frames, ref)
+    damaged = perceptual_loss([enc], frames, torch.rand_like(ref))
+    assert same < damaged
+    assert all(not p.requires_grad for p in enc.model.parameters()) and not enc.model.training
+
+
+def test_missing_weights_give_one_line_error(tmp_path):
+    with pytest.raises(PerceptualUnavailable, match="--perceptual_model none"):
+        load_perceptual("clip", clip_pretrained=str(tmp_path / "missing.safetensors"))
+    with pytest.raises(PerceptualUnavailable, match="--blip_model"):
+        load_perceptual("blip", blip_model=str(tmp_path / "no_such_blip"))
+    assert load_perceptual("none") == []
+
+
+def test_a_few_hundred_steps_lower_the_combined_loss():
+    torch.manual_seed(0)
+    frames, masks = textured_clip(t=3, h=32, w=32)
+    frames = frames + 0.05 * torch.randn(1, 3, 1, 32, 32)  # noisy, flickering background
+    model = ROIDownsampler(DownsamplerConfig(scale_factor=2))
+    loss_fn = CombinedLoss(LossWeights(perceptual=1.0), 2, [clip_embedder(tiny_clip())])
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(200):
+        total, parts = loss_fn(model(frames, masks), frames, masks)
+        first = first if first is not None else float(total.detach())
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+    assert set(parts) == {"perceptual", "roi", "temporal", "rate", "background"}
+    assert float(total) < 0.9 * first
