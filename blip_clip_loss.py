@@ -73,15 +73,33 @@ def blip_embedder(vision_model) -> ImageEmbedder:
     return emb
 
 
+def hub_reachable() -> bool:
+    """Can the Hugging Face hub be resolved? Checked up front so that an offline machine fails in
+    milliseconds instead of after a minute of download retries."""
+    import socket
+    from urllib.parse import urlparse
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        return False
+    try:
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+
+
 def load_clip(model_name: str = "ViT-B-32", pretrained: str = "openai") -> ImageEmbedder:
-    """open_clip model by name with a pretrained tag or a local checkpoint file."""
+    """open_clip model by name with a pretrained tag (downloaded) or a local checkpoint file."""
     import open_clip
+    fix = "pass --clip_pretrained /path/to/open_clip_model.safetensors, or --perceptual_model none"
+    if not Path(pretrained).is_file() and not hub_reachable():
+        raise PerceptualUnavailable(f"CLIP {model_name} weights '{pretrained}' are not a local file and the "
+                                    f"model hub is unreachable (offline): {fix}")
     try:
         model = open_clip.create_model(model_name, pretrained=pretrained)
     except Exception as e:
-        raise PerceptualUnavailable(
-            f"CLIP {model_name} weights '{pretrained}' could not be loaded ({type(e).__name__}; offline?): "
-            f"pass --clip_pretrained /path/to/open_clip_model.safetensors, or --perceptual_model none") from None
+        raise PerceptualUnavailable(f"CLIP {model_name} weights '{pretrained}' could not be loaded "
+                                    f"({type(e).__name__}): {fix}") from None
     return clip_embedder(model)
 
 
@@ -89,9 +107,8 @@ def load_blip(name_or_path: str = "Salesforce/blip-image-captioning-base") -> Im
     """BLIP vision tower from a hub id or a local folder (transformers)."""
     from transformers import BlipForConditionalGeneration
     local = Path(name_or_path).is_dir()
-    try:
-        full = BlipForConditionalGeneration.from_pretrained(
-            name_or_path, local_files_only=local or bool(os.environ.get("HF_HUB_OFFLINE")))
+    try:  # offline, a hub id can still come from the local Hugging Face cache
+        full = BlipForConditionalGeneration.from_pretrained(name_or_path, local_files_only=local or not hub_reachable())
     except Exception as e:
         raise PerceptualUnavailable(
             f"BLIP '{name_or_path}' could not be loaded ({type(e).__name__}; offline?): pass --blip_model "

@@ -113,6 +113,7 @@ class KeyframeSource:
         if interval < 1:
             raise UserError(f"--keyframe_interval must be >= 1, got {interval}")
         self.segmenter, self.interval, self.flow_width = segmenter, interval, flow_width
+        self.stateful = interval > 1  # warping needs every frame, in order
         self.index, self.prev_gray, self.prev_mask = 0, None, None
 
     def mask(self, frame: np.ndarray) -> np.ndarray:
@@ -141,6 +142,8 @@ class MotionSource:
     """Weight-free ROI: moving things, by OpenCV's MOG2 background subtraction at low resolution,
     cleaned with morphology and dilated so objects are covered with a margin. Works for static
     cameras; with a moving camera much of the frame becomes ROI (safe, but fewer savings)."""
+
+    stateful = True  # needs every frame, in order
 
     def __init__(self, work_width: int = 320, history: int = 120, var_threshold: float = 24.0):
         self.work_width = work_width

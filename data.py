@@ -1,0 +1,191 @@
+"""Training data: find sequences in a dataset folder, cache ROI masks once, sample random clips.
+
+Layouts of --dataset_path, detected in this order:
+1. DAVIS-2017: ``JPEGImages/480p/<seq>/*`` with ``Annotations/480p/<seq>/*.png`` (object masks used
+   as ROI ground truth; a sequence without annotations falls back to --roi_source);
+2. a folder of sequences, each a subfolder of frames;
+3. a folder of video files (decoded once into the run's cache);
+4. a single frame folder or video file (one sequence).
+
+Every random choice of sample i in epoch e comes from a generator seeded with (seed, e, i), so a
+resumed run draws exactly the clips the uninterrupted run would have, whatever the worker count.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from roi_sources import read_mask_file
+from video_io import (FrameReader, UserError, frame_name, is_video_file, list_frame_files, read_image_rgb,
+                      write_png)
+
+
+@dataclass
+class Sequence:
+    name: str
+    frames: list[Path]
+    masks: Optional[list[Path]] = None  # ground-truth or cached masks, one per frame
+    roi_source: str = ""                # what the masks came from
+
+
+@dataclass
+class Discovery:
+    layout: str
+    sequences: list[Sequence]
+    skipped: list[str] = field(default_factory=list)  # "name: reason"
+
+
+def _davis_sequences(root: Path):
+    img_root, ann_root = root / "JPEGImages" / "480p", root / "Annotations" / "480p"
+    for d in sorted(p for p in img_root.iterdir() if p.is_dir()):
+        ann = ann_root / d.name
+        masks = list_frame_files(ann) if ann.is_dir() else None
+        yield d.name, d, masks
+
+
+def _video_to_frames(video: Path, cache: Path) -> Path:
+    """Decode a video once into cache/<stem>/NNNNN.png (reused when complete)."""
+    out = cache / video.stem
+    stamp = out / ".complete"
+    key = f"{video.stat().st_size}:{video.stat().st_mtime_ns}"
+    if stamp.exists() and stamp.read_text() == key:
+        return out
+    for i, frame in enumerate(tqdm(FrameReader(video), desc=f"decoding {video.name}", unit="frame", leave=False)):
+        write_png(out / frame_name(i), frame)
+    stamp.write_text(key)
+    return out
+
+
+def discover(dataset_path, cache_dir: Path) -> Discovery:
+    """Find the sequences of a dataset folder; bad ones are reported by name and skipped."""
+    root = Path(dataset_path)
+    if not root.exists():
+        raise UserError(f"--dataset_path {root}: no such folder; pass a folder of sequences, a DAVIS-2017 "
+                        f"root, a folder of videos, or run `bash train.sh` for the demo data")
+    if (root / "JPEGImages" / "480p").is_dir():
+        layout, candidates = "davis", list(_davis_sequences(root))
+    elif root.is_file() or (root.is_dir() and list_frame_files(root)):
+        layout, candidates = "single", [(root.stem, root, None)]
+    else:
+        subs = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+        videos = [p for p in subs if is_video_file(p)]
+        folders = [p for p in subs if p.is_dir()]
+        layout = "videos" if videos and not folders else "sequences"
+        candidates = [(p.stem if p.is_file() else p.name, p, None) for p in (videos if layout == "videos" else folders)]
+    result = Discovery(layout, [])
+    for name, path, masks in candidates:
+        try:
+            if path.is_file():
+                path = _video_to_frames(path, cache_dir / "decoded")
+            frames = list_frame_files(path)
+            if len(frames) < 2:
+                raise UserError("fewer than 2 frames")
+            read_image_rgb(frames[0])
+            if masks is not None and len(masks) != len(frames):
+                raise UserError(f"{len(masks)} masks for {len(frames)} frames")
+            result.sequences.append(Sequence(name, frames, masks, "masks" if masks else ""))
+        except UserError as e:
+            result.skipped.append(f"{name}: {e}")
+    for s in result.skipped:
+        warnings.warn(f"skipping sequence {s}")
+    if not result.sequences:
+        raise UserError(f"--dataset_path {root}: no usable sequence found ({layout} layout; "
+                        f"{len(result.skipped)} skipped)")
+    return result
+
+
+def split_sequences(seqs: list[Sequence], val_fraction: float, val_names: Optional[list[str]] = None):
+    """Train/validation split by sequence, never by frame; deterministic (by name hash)."""
+    if val_names:
+        unknown = set(val_names) - {s.name for s in seqs}
+        if unknown:
+            raise UserError(f"--val_sequences: unknown sequence(s) {', '.join(sorted(unknown))}")
+        val = [s for s in seqs if s.name in val_names]
+    else:
+        n_val = int(round(len(seqs) * val_fraction)) if len(seqs) > 1 else 0
+        n_val = max(n_val, 1) if len(seqs) > 1 and val_fraction > 0 else n_val
+        order = sorted(seqs, key=lambda s: hashlib.sha1(s.name.encode()).hexdigest())
+        val = order[:n_val]
+    train = [s for s in seqs if s not in val]
+    if not train:
+        raise UserError("no training sequence left after the validation split; lower --val_fraction")
+    return train, val
+
+
+# ------------------------------------------------------------------------------- mask cache
+
+
+def source_key(description: dict) -> str:
+    return hashlib.sha1(json.dumps(description, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cache_masks(seq: Sequence, make_source: Callable, key: str, cache_dir: Path) -> Sequence:
+    """Compute ROI masks for every frame once and keep them on disk.
+
+    The cache file of a frame is named by a hash of the frame's bytes and the source `key`
+    (model file, classes, thresholds), so a changed frame or model recomputes, nothing else does.
+    Sources with memory (motion) see the whole sequence in order whenever anything is missing.
+    """
+    if seq.masks is not None:
+        return seq
+    folder = cache_dir / key / seq.name
+    names = [hashlib.sha1(f.read_bytes()).hexdigest()[:16] + ".png" for f in seq.frames]
+    paths = [folder / n for n in names]
+    if not all(p.exists() for p in paths):
+        source = make_source()
+        for f, p in tqdm(list(zip(seq.frames, paths)), desc=f"ROI masks {seq.name}", unit="frame", leave=False):
+            frame = read_image_rgb(f)
+            if p.exists() and not getattr(source, "stateful", False):
+                continue
+            write_png(p, (source.mask(frame) > 0.5).astype(np.uint8) * 255)
+    return Sequence(seq.name, seq.frames, paths, seq.roi_source or key)
+
+
+# ------------------------------------------------------------------------------- sampling
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Random T-frame clips with random crops and flips (train), or fixed clips (validation:
+    the first T frames, centre crop, or the whole frame when crop_size is 0)."""
+
+    def __init__(self, sequences: list[Sequence], clip_length: int, crop_size: int, scale: int,
+                 samples_per_epoch: int, seed: int = 0, train: bool = True):
+        self.seqs, self.scale = sequences, scale
+        self.T = min([clip_length] + [len(s.frames) for s in sequences])
+        sizes = [read_image_rgb(s.frames[0]).shape[:2] for s in sequences]
+        crop = min([crop_size] + [min(hw) for hw in sizes])  # one crop size: batches must stack
+        self.crop = crop - crop % (2 * scale) if crop_size else 0  # 0: whole frames (validation)
+        self.n, self.seed, self.train, self.epoch = samples_per_epoch, seed, train, 0
+        for s in sequences:
+            if s.masks is None:
+                raise ValueError(f"sequence {s.name} has no masks; call cache_masks first")
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        rng = np.random.default_rng([self.seed, self.epoch if self.train else 0, i])
+        seq = self.seqs[rng.integers(len(self.seqs))] if self.train else self.seqs[i % len(self.seqs)]
+        T = self.T
+        start = int(rng.integers(len(seq.frames) - T + 1)) if self.train else 0
+        frames = np.stack([read_image_rgb(f) for f in seq.frames[start:start + T]])
+        masks = np.stack([read_mask_file(m) for m in seq.masks[start:start + T]])
+        h, w = frames.shape[1:3]
+        m = 2 * self.scale
+        ch, cw = (self.crop, self.crop) if self.crop else (h - h % m, w - w % m)
+        y = int(rng.integers(h - ch + 1)) if self.train else (h - ch) // 2
+        x = int(rng.integers(w - cw + 1)) if self.train else (w - cw) // 2
+        frames, masks = frames[:, y:y + ch, x:x + cw], masks[:, y:y + ch, x:x + cw]
+        if self.train and rng.random() < 0.5:
+            frames, masks = frames[:, :, ::-1], masks[:, :, ::-1]
+        f = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255
+        m = torch.from_numpy(np.ascontiguousarray(masks))[:, None].float()
+        return f, m
