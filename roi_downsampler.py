@@ -33,7 +33,7 @@ CHECKPOINT_VERSION = 1
 # no background simplification and no temporal hold, so it can never start worse than area.
 PARAM_SPECS = {
     "bg_simplify":    (0.0, 1.0, 0.002),  # how far background moves toward its low-pass version
-    "bg_coarseness":  (0.0, 1.0, 0.5),    # low-pass scale: 0 = 1/4 resolution, 1 = 1/8
+    "bg_coarseness":  (0.0, 1.0, 0.5),    # low-pass scale: 0 = 1/4 resolution, 0.5 = 1/8, 1 = 1/16
     "bg_hold":        (0.0, 0.98, 0.002), # how strongly a static background is held from frame to frame
     "hold_threshold": (0.005, 0.1, 0.03), # change (0-1 intensity) above which the background is refreshed
     "roi_detail":     (0.0, 2.0, 1.0),    # gain of the learned ROI detail residual
@@ -86,12 +86,25 @@ def upsample(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
-def coarse_background(base: torch.Tensor, coarseness: torch.Tensor) -> torch.Tensor:
-    """Wide blur of `base`: a mix of its 1/4 and 1/8 versions (by `coarseness`), upsampled once."""
-    quarter = F.avg_pool2d(base, 4, ceil_mode=True)
-    eighth = upsample(F.avg_pool2d(quarter, 2, ceil_mode=True), quarter.shape[-2:])
-    mixed = quarter + coarseness.view(-1, 1, 1, 1) * (eighth - quarter)
-    return upsample(mixed, base.shape[-2:])
+def coarse_background(base: torch.Tensor, coarseness: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Wide blur of the background: 1/4, 1/8 and 1/16 versions of `base` mixed piecewise-linearly
+    by `coarseness` (0 -> 1/4, 0.5 -> 1/8, 1 -> 1/16), upsampled once.
+
+    It is a normalised convolution with `weight` (1 = background): objects are left out of the
+    average, so they do not smear into the background and drag bits along as they move. Where a
+    whole cell is object, the plain average is used.
+    """
+    eps = 1e-3
+    pyramid = [F.avg_pool2d(torch.cat([base * weight, weight, base], 1), 4, ceil_mode=True)]
+    for _ in range(2):
+        pyramid.append(F.avg_pool2d(pyramid[-1], 2, ceil_mode=True))
+    size = pyramid[0].shape[-2:]
+    quarter, eighth, sixteenth = pyramid[0], upsample(pyramid[1], size), upsample(pyramid[2], size)
+    c = coarseness.view(-1, 1, 1, 1)
+    w4, w16 = F.relu(1 - 2 * c), F.relu(2 * c - 1)
+    mixed = w4 * quarter + (1 - w4 - w16) * eighth + w16 * sixteenth
+    num, den, plain = mixed[:, :3], mixed[:, 3:4], mixed[:, 4:]
+    return upsample((num + eps * plain) / (den + eps), base.shape[-2:])
 
 
 def box_blur(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -149,13 +162,13 @@ class SequenceAnalyzer(nn.Module):
 
 
 class AdaptiveMaskHead(nn.Module):
-    """Turns a coarse (YOLO) mask into a soft importance map.
+    """Turns a coarse (YOLO) mask into a soft importance map at output resolution.
 
-    It works at half the output resolution (masks are smooth; this is 4x cheaper) on the ROI mask
-    max-pooled to that size, which keeps small objects that area averaging would wash out. A
-    morphological closing fills pin holes, a tiny conv on (mask, image) refines edges, and the
-    predicted ``mask_feather`` mixes in a dilated, blurred copy for the soft transitions an encoder
-    handles best.
+    Core: the ROI max-pooled to output size (small objects survive, unlike area averaging) with
+    pin holes closed; it is never shrunk, so every object pixel stays on the sharp path. Halo: at
+    half resolution (4x cheaper), a tiny conv on (mask, image) shapes a dilated, blurred border
+    whose strength is the predicted ``mask_feather`` -- soft transitions when they pay, a tight
+    mask when bits matter more (every pixel of margin costs bits in every frame).
     """
 
     def __init__(self, cfg: DownsamplerConfig):
@@ -166,21 +179,24 @@ class AdaptiveMaskHead(nn.Module):
         nn.init.zeros_(self.refine[2].weight)
         nn.init.zeros_(self.refine[2].bias)
 
-    def forward(self, coarse, image, feather):
-        closed = erode(dilate(coarse, 3), 3)
-        logits = 6.0 * (2.0 * closed - 1.0) + self.refine(torch.cat([closed, image], 1))
-        soft = torch.sigmoid(logits)
-        wide = box_blur(dilate(soft, 5), 5)
-        return soft + feather.view(-1, 1, 1, 1) * (wide - soft)
+    def forward(self, roi, image_half, feather):
+        """roi: (B,1,h,w) ROI at output resolution; image_half: the output image at half size."""
+        core = erode(dilate(roi, 3), 3)
+        roi_half = F.max_pool2d(roi, 2, ceil_mode=True)
+        logits = 6.0 * (2.0 * roi_half - 1.0) + self.refine(torch.cat([roi_half, image_half], 1))
+        halo = box_blur(dilate(torch.sigmoid(logits), 5), 5)
+        return torch.maximum(core, feather.view(-1, 1, 1, 1) * upsample(halo, roi.shape[-2:]))
 
 
 class TemporalConsistencyModule(nn.Module):
     """Carries mask and background from frame to frame so neither flickers.
 
-    Mask: a learned per-pixel gate blends the previous soft mask with the new one, trusting the
-    new one where the picture changed. Background: where the picture changed by less than
-    ``hold_threshold``, the previous output background is held (up to ``bg_hold``), so sensor
-    noise and shimmer disappear and the encoder can skip those blocks.
+    Mask: the new mask is never reduced (objects stay covered), but where an object has just
+    left, the previous mask fades out through a learned per-pixel gate instead of vanishing, so
+    a detector that drops an object for a frame does not make the boundary jump. Background:
+    where the picture changed by less than ``hold_threshold``, the previous output background is
+    held (up to ``bg_hold``), so sensor noise and shimmer disappear and the encoder can skip
+    those blocks.
     """
 
     def __init__(self, cfg: DownsamplerConfig):
@@ -188,8 +204,8 @@ class TemporalConsistencyModule(nn.Module):
         self.gate = nn.Conv2d(3, 1, 3, padding=1)
         with torch.no_grad():
             self.gate.weight.zero_()
-            self.gate.weight[0, 2, 1, 1] = -40.0  # change -> take the new mask
-            self.gate.bias.fill_(0.0)
+            self.gate.weight[0, 2, 1, 1] = -40.0  # change -> forget the old mask
+            self.gate.bias.fill_(-2.0)            # static: the old mask fades by ~0.12 per frame
 
     @staticmethod
     def change_map(now, before):
@@ -197,10 +213,12 @@ class TemporalConsistencyModule(nn.Module):
         return F.avg_pool2d((now - before).abs().mean(1, keepdim=True), 2, ceil_mode=True)
 
     def smooth_mask(self, mask, prev_mask, change):
+        """mask, prev_mask at output resolution; change at half resolution (the gate runs there)."""
         if prev_mask is None:
             return mask
-        g = torch.sigmoid(self.gate(torch.cat([mask, prev_mask, change], 1)))
-        return g * prev_mask + (1 - g) * mask
+        pool = lambda m: F.avg_pool2d(m, 2, ceil_mode=True)
+        g = torch.sigmoid(self.gate(torch.cat([pool(mask), pool(prev_mask), change], 1)))
+        return torch.maximum(mask, upsample(g, mask.shape[-2:]) * prev_mask)
 
     def hold_background(self, background, prev_background, hold, threshold):
         if prev_background is None:
@@ -243,27 +261,27 @@ class ROIDownsampler(nn.Module):
         s = self.cfg.scale_factor
         H, W = frame.shape[-2:]
         frame, mask = frame[..., : H - H % s, : W - W % s], mask[..., : H - H % s, : W - W % s]
-        base = F.avg_pool2d(frame, s)                       # the area downscale
-        half = F.avg_pool2d(base, 2, ceil_mode=True)        # mask/analysis resolution
-        coarse = F.max_pool2d(mask, 2 * s, ceil_mode=True)  # max: small objects survive
+        base = F.avg_pool2d(frame, s)                   # the area downscale
+        half = F.avg_pool2d(base, 2, ceil_mode=True)    # analysis / mask-halo resolution
+        roi = F.max_pool2d(mask, s)                     # max, not mean: small objects survive
         change = (torch.zeros_like(half[:, :1]) if state.prev_base is None
                   else self.temporal.change_map(base, state.prev_base))
 
-        params, ema = self.analyzer(half, coarse, change, state)
+        params, ema = self.analyzer(half, F.max_pool2d(roi, 2, ceil_mode=True), change, state)
         p = dict(zip(PARAM_NAMES, params.unbind(1)))
 
-        soft_half = self.mask_head(coarse, half, p["mask_feather"])
-        soft_half = self.temporal.smooth_mask(soft_half, state.prev_mask, change)
-        soft = upsample(soft_half, base.shape[-2:])
+        soft = self.mask_head(roi, half, p["mask_feather"])
+        soft = self.temporal.smooth_mask(soft, state.prev_mask, change)
 
         # channels_last makes these small-channel convs ~4x faster on CPU (oneDNN)
         detail = self.detail(frame.contiguous(memory_format=torch.channels_last)).contiguous()
         roi = base + p["roi_detail"].view(-1, 1, 1, 1) * detail
-        background = base + p["bg_simplify"].view(-1, 1, 1, 1) * (coarse_background(base, p["bg_coarseness"]) - base)
+        simple = coarse_background(base, p["bg_coarseness"], 1 - soft)
+        background = base + p["bg_simplify"].view(-1, 1, 1, 1) * (simple - base)
         background = self.temporal.hold_background(background, state.prev_background, p["bg_hold"], p["hold_threshold"])
 
         out = (background + soft * (roi - background)).clamp(0, 1)
-        new_state = DownsamplerState(base, soft_half, background, ema, state.frames_seen + 1)
+        new_state = DownsamplerState(base, soft, background, ema, state.frames_seen + 1)
         return out, soft, params, new_state
 
     def forward(self, frames, masks, state: Optional[DownsamplerState] = None) -> DownsamplerOutput:
