@@ -166,8 +166,12 @@ def masked_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def roi_loss(out, ref, roi):
-    """L1 + (1 - SSIM) to the area reference inside the ROI, normalised by ROI area."""
-    return masked_mean((out - ref).abs(), roi) + masked_mean(1 - ssim_map(out, ref), roi)
+    """L1 + (1 - SSIM) to the area reference inside the ROI, normalised by ROI area.
+
+    SSIM is taken with the background pasted from the reference, so that windows at the ROI
+    border judge the object, not the (deliberately simplified) background next to it."""
+    ssim = ssim_map(out * roi + ref * (1 - roi), ref)
+    return masked_mean((out - ref).abs(), roi) + masked_mean(1 - ssim, roi)
 
 
 def temporal_loss(out, ref, roi):

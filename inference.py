@@ -93,9 +93,9 @@ def find_sequences(input_path: Path) -> list[tuple[str, Path]]:
 
 
 def check_output_dir(output_dir: Path, input_path: Path) -> None:
+    """Outputs never go into a frames folder (or over a video file) that is being read."""
     out, inp = output_dir.resolve(), input_path.resolve()
-    base = inp if inp.is_dir() else inp.parent
-    if out == base or base in out.parents:
+    if out == inp or (inp.is_dir() and inp in out.parents):
         raise UserError(f"--output_dir {output_dir} is inside the input {input_path}; inputs are never "
                         f"written to, choose another folder (e.g. output/run1)")
 

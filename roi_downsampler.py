@@ -33,7 +33,7 @@ CHECKPOINT_VERSION = 1
 # no background simplification and no temporal hold, so it can never start worse than area.
 PARAM_SPECS = {
     "bg_simplify":    (0.0, 1.0, 0.002),  # how far background moves toward its low-pass version
-    "bg_coarseness":  (0.0, 1.0, 0.5),    # low-pass scale: 0 = 1/4 resolution, 0.5 = 1/8, 1 = 1/16
+    "bg_coarseness":  (0.0, 1.0, 0.5),    # low-pass scale: 0 = 1/4 resolution, 1 = 1/16
     "bg_hold":        (0.0, 0.98, 0.002), # how strongly a static background is held from frame to frame
     "hold_threshold": (0.005, 0.1, 0.03), # change (0-1 intensity) above which the background is refreshed
     "roi_detail":     (0.0, 2.0, 1.0),    # gain of the learned ROI detail residual
@@ -87,8 +87,9 @@ def upsample(x: torch.Tensor, size) -> torch.Tensor:
 
 
 def coarse_background(base: torch.Tensor, coarseness: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Wide blur of the background: 1/4, 1/8 and 1/16 versions of `base` mixed piecewise-linearly
-    by `coarseness` (0 -> 1/4, 0.5 -> 1/8, 1 -> 1/16), upsampled once.
+    """Wide blur of the background: 1/4, 1/8 and 1/16 versions of `base` mixed by `coarseness`
+    with Bernstein weights ((1-c)^2, 2c(1-c), c^2: 0 -> 1/4, 1 -> 1/16; smooth, so the
+    gradient never vanishes), upsampled once.
 
     It is a normalised convolution with `weight` (1 = background): objects are left out of the
     average, so they do not smear into the background and drag bits along as they move. Where a
@@ -101,8 +102,7 @@ def coarse_background(base: torch.Tensor, coarseness: torch.Tensor, weight: torc
     size = pyramid[0].shape[-2:]
     quarter, eighth, sixteenth = pyramid[0], upsample(pyramid[1], size), upsample(pyramid[2], size)
     c = coarseness.view(-1, 1, 1, 1)
-    w4, w16 = F.relu(1 - 2 * c), F.relu(2 * c - 1)
-    mixed = w4 * quarter + (1 - w4 - w16) * eighth + w16 * sixteenth
+    mixed = (1 - c) ** 2 * quarter + 2 * c * (1 - c) * eighth + c ** 2 * sixteenth
     num, den, plain = mixed[:, :3], mixed[:, 3:4], mixed[:, 4:]
     return upsample((num + eps * plain) / (den + eps), base.shape[-2:])
 

@@ -51,12 +51,23 @@ def load_yolo(seg_model_path: str):
     except ImportError:
         raise YoloUnavailable("ultralytics is not installed; pip install -r requirements.txt, "
                               "or use --roi_source motion") from None
+    from ultralytics.utils import LOGGER, is_online
+    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
     path = Path(seg_model_path)
-    try:  # for a known asset name that is not on disk, Ultralytics downloads it (online users)
+    if path.suffix != ".yaml" and not path.is_file():
+        # Ultralytics downloads known asset names (online users); anything else cannot work.
+        if path.name not in GITHUB_ASSETS_NAMES or not is_online():
+            raise YoloUnavailable(f"{path}: YOLO segmentation weights not found"
+                                  f"{'' if path.name not in GITHUB_ASSETS_NAMES else ' (offline: no download)'}; {YOLO_HELP}")
+    level = LOGGER.level
+    LOGGER.setLevel("ERROR")  # its download retries and warnings would bury our one-line message
+    try:
         return YOLO(str(path), task="segment")
     except Exception as e:  # ConnectionError offline, RuntimeError/EOFError for a corrupt file, ...
-        reason = "not found and could not be downloaded" if not path.is_file() else f"unreadable ({type(e).__name__})"
+        reason = "could not be downloaded" if not path.is_file() else f"are unreadable ({type(e).__name__})"
         raise YoloUnavailable(f"{path}: YOLO segmentation weights {reason}; {YOLO_HELP}") from None
+    finally:
+        LOGGER.setLevel(level)
 
 
 def class_ids(model, roi_classes: Optional[str]) -> Optional[list[int]]:

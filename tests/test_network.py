@@ -9,9 +9,10 @@ from video_io import UserError
 
 def clip(b=1, t=4, h=32, w=48, seed=0):
     g = torch.Generator().manual_seed(seed)
-    frames = torch.rand(b, t, 3, h, w, generator=g)
+    frames = (torch.rand(b, 1, 3, h, w, generator=g) * 0.9 + 0.05 * torch.rand(b, t, 3, h, w, generator=g))
     masks = torch.zeros(b, t, 1, h, w)
-    masks[..., 8:20, 10:30] = 1
+    for i in range(t):  # an object moving right: the temporal mask gate has work to do
+        masks[:, i, :, 8:20, 4 + 8 * i:20 + 8 * i] = 1
     return frames, masks
 
 

