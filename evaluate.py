@@ -44,8 +44,8 @@ def blur_heuristic(frames, masks, s, sigma: float = 2.0, feather: int = 7):
     out = []
     for f, m in zip(frames, masks):
         small = cv2.resize(f, (f.shape[1] // s, f.shape[0] // s), interpolation=cv2.INTER_AREA)
-        mk = cv2.resize(cv2.dilate(m, np.ones((s, s), np.uint8)), small.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-        mk = cv2.GaussianBlur(cv2.dilate(mk, np.ones((3, 3), np.uint8)).astype(np.float32), (feather, feather), 0)
+        core = block_max(m, s).astype(np.float32)  # every ROI pixel stays sharp; the feather goes outward
+        mk = np.maximum(core, cv2.GaussianBlur(cv2.dilate(core, np.ones((3, 3), np.uint8)), (feather, feather), 0))
         blurred = cv2.GaussianBlur(small, (0, 0), sigma).astype(np.float32)
         out.append((small * mk[..., None] + blurred * (1 - mk[..., None])).round().astype(np.uint8))
     return out
@@ -76,10 +76,15 @@ def downscale(method, frames, masks, s, model=None):
 # ----------------------------------------------------------------------------- evaluation
 
 
+def block_max(mask: np.ndarray, s: int) -> np.ndarray:
+    """(H,W) -> (H/s,W/s): an output pixel is ROI if any input pixel of its s x s cell is."""
+    h, w = mask.shape[0] // s, mask.shape[1] // s
+    return mask[:h * s, :w * s].reshape(h, s, w, s).max((1, 3))
+
+
 def roi_at_output(masks, s):
-    """Binary ROI per output pixel (any ROI pixel in its s x s cell), as (T,h,w,3) for the metrics."""
-    roi = np.stack([cv2.resize(cv2.dilate(m, np.ones((s, s), np.uint8)), (m.shape[1] // s, m.shape[0] // s),
-                               interpolation=cv2.INTER_NEAREST) for m in masks]) > 0
+    """Binary ROI per output pixel, as (T,h,w,3) for the metrics."""
+    roi = np.stack([block_max(m, s) for m in masks]) > 0
     return np.repeat(roi[..., None], 3, -1)
 
 

@@ -142,7 +142,8 @@ def mask_source_factory(cfg: TrainConfig, cache_root: Path):
 
 def prepare_sequences(cfg: TrainConfig, run_dir: Path, rank: int):
     found = data.discover(cfg.dataset_path, run_dir / "cache")
-    key, factory = mask_source_factory(cfg, run_dir / "cache")
+    needs_masks = any(s.masks is None for s in found.sequences)
+    key, factory = mask_source_factory(cfg, run_dir / "cache") if needs_masks else (None, None)
     seqs = []
     for s in found.sequences:
         if s.masks is None:
@@ -263,6 +264,7 @@ def train(cfg: TrainConfig) -> dict:
         raise UserError(f"{latest} exists: pass --resume to continue that run, or choose another --output_dir")
     if cfg.resume and not latest.exists():
         raise UserError(f"--resume: {latest} not found; start without --resume")
+    run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
 
     # data: sequences, cached masks, split by sequence
