@@ -221,8 +221,8 @@ class LossWeights:
     perceptual: float = 1.0
     roi: float = 5.0
     temporal: float = 2.0
-    rate: float = 1.0
-    background: float = 0.25
+    rate: float = 2.0
+    background: float = 0.05
 
 
 class CombinedLoss(nn.Module):

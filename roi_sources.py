@@ -161,12 +161,16 @@ class MotionSource:
         self.bg = cv2.createBackgroundSubtractorMOG2(history=history, varThreshold=var_threshold,
                                                      detectShadows=False)
         self.kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+        self.frames = 0
 
     def mask(self, frame: np.ndarray) -> np.ndarray:
         h, w = frame.shape[:2]
         width = min(self.work_width, w)
         small = cv2.resize(frame, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
         fg = self.bg.apply(cv2.GaussianBlur(small, (3, 3), 0))
+        self.frames += 1
+        if self.frames == 1:  # MOG2 calls everything foreground before it has seen a frame
+            fg[:] = 0
         fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, self.kernel)
         fg = cv2.dilate(cv2.morphologyEx(fg, cv2.MORPH_CLOSE, self.kernel, iterations=2), self.kernel)
         return cv2.resize((fg > 0).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)

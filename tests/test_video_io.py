@@ -89,3 +89,13 @@ def test_frames_of_different_sizes_are_an_error(frame_folder):
     write_png(frame_folder / "frame9.png", np.zeros((10, 10, 3), np.uint8))
     with pytest.raises(UserError, match="frame9.png"):
         list(FrameReader(frame_folder))
+
+
+def test_motion_source_finds_the_moving_object_and_not_the_first_frame():
+    from roi_sources import MotionSource
+    frames, masks = moving_square_frames(n=12, h=96, w=128)
+    src = MotionSource(work_width=128)
+    got = [src.mask(f) for f in frames]
+    assert got[0].max() == 0  # nothing is known to move yet
+    last, truth = got[-1] > 0.5, masks[-1] > 0
+    assert (last & truth).sum() > 0.5 * truth.sum() and last.mean() < 0.2

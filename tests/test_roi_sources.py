@@ -1,0 +1,55 @@
+import numpy as np
+import pytest
+
+from roi_sources import KeyframeSource, MaskFolderSource, YoloSegmenter, class_ids, load_yolo, make_roi_source
+from video_io import UserError, write_png
+from conftest import moving_square_frames
+
+
+class StubSegmenter:
+    """Returns the true mask of the frame it is given; counts its calls."""
+
+    def __init__(self, masks):
+        self.masks, self.calls, self.seen = masks, 0, []
+
+    def segment(self, frame):
+        i = next(k for k, f in enumerate(self.frames) if np.array_equal(f, frame))
+        self.calls += 1
+        self.seen.append(i)
+        return self.masks[i].astype(np.float32) / 255
+
+
+def test_keyframes_run_the_segmenter_every_n_frames_and_flow_carries_the_mask():
+    frames, masks = moving_square_frames(n=7, h=96, w=128)
+    seg = StubSegmenter(masks)
+    seg.frames = frames
+    src = KeyframeSource(seg, interval=3, flow_width=128)
+    got = [src.mask(f) for f in frames]
+    assert seg.seen == [0, 3, 6]
+    for t in (1, 2, 4, 5):  # warped, between keyframes: still on the moved square
+        truth = masks[t] > 0
+        assert (got[t][truth] > 0.5).mean() > 0.7, t
+    with pytest.raises(UserError):
+        KeyframeSource(seg, interval=0)
+
+
+def test_yolo_architecture_from_yaml_segments_offline():
+    model = load_yolo("yolov8n-seg.yaml")  # random weights: the real code path, no download
+    seg = YoloSegmenter(model, "person,car", imgsz=64)
+    assert seg.classes == [0, 2]
+    mask = seg.segment(np.zeros((48, 80, 3), np.uint8))
+    assert mask.shape == (48, 80) and mask.dtype == np.float32
+    with pytest.raises(UserError, match="unknown class 'unicorn'"):
+        class_ids(model, "person,unicorn")
+
+
+def test_mask_folder_matches_frames_by_name(tmp_path):
+    write_png(tmp_path / "m" / "b.png", np.full((4, 6), 255, np.uint8))
+    write_png(tmp_path / "m" / "a.png", np.zeros((4, 6), np.uint8))
+    src = MaskFolderSource(tmp_path / "m", ["a.jpg", "b.jpg", "c.jpg"])
+    frame = np.zeros((8, 12, 3), np.uint8)
+    assert src.mask(frame).max() == 0 and src.mask(frame).shape == (8, 12)
+    with pytest.raises(UserError, match="no mask for frame 'c.jpg'"):
+        src.mask(frame)
+    with pytest.raises(UserError, match="--masks_dir"):
+        make_roi_source("masks", masks_dir=tmp_path / "missing")
