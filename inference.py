@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import queue
 import sys
+import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +119,40 @@ def timed(seconds: dict, stage: str):
     seconds[stage] += time.perf_counter() - t
 
 
+class BackgroundWriter:
+    """Runs write jobs (PNG encoding, x264) in order on one worker thread, so they overlap with
+    the network (both release the GIL). The queue is bounded, so memory stays flat; an error in
+    the worker is re-raised in the caller at the next submit() or at close()."""
+
+    def __init__(self, max_pending: int = 16):
+        self.jobs: queue.Queue = queue.Queue(max_pending)
+        self.error: BaseException | None = None
+        self.busy_seconds = 0.0
+        self.thread = threading.Thread(target=self._work, daemon=True)
+        self.thread.start()
+
+    def _work(self):
+        while (job := self.jobs.get()) is not None:
+            if self.error is None:
+                t = time.perf_counter()
+                try:
+                    job()
+                except BaseException as e:  # handed to the main thread
+                    self.error = e
+                self.busy_seconds += time.perf_counter() - t
+
+    def submit(self, job):
+        if self.error is not None:
+            raise self.error
+        self.jobs.put(job)
+
+    def close(self):
+        self.jobs.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 def run_sequence(model, args, seq_path: Path, out_dir: Path, device, roi_factory=None) -> dict:
     """Stream one sequence through the pipeline and write the output contract to out_dir."""
     import debug_viz
@@ -127,28 +164,32 @@ def run_sequence(model, args, seq_path: Path, out_dir: Path, device, roi_factory
                                   conf=args.conf, imgsz=args.seg_imgsz, keyframe_interval=args.keyframe_interval,
                                   masks_dir=args.masks_dir, frame_names=frame_names, device=args.device)
     seconds, state, params_log, n = defaultdict(float), None, [], 0
-    writer = H264Writer(out_dir / "video.mp4", reader.info.fps, args.crf)
+    video = H264Writer(out_dir / "video.mp4", reader.info.fps, args.crf)
+    writer = BackgroundWriter()
     chunk_frames, chunk_masks, chunk_inputs = [], [], []
 
+    def write_frame(i, img, soft, frame=None, mask=None):
+        write_png(out_dir / "frames" / frame_name(i), img)
+        write_png(out_dir / "masks" / frame_name(i), soft)
+        video.write(img)
+        if frame is not None:
+            debug_viz.write_side_by_side(out_dir / "debug" / frame_name(i), frame, mask, soft, img)
+
     def flush():
-        nonlocal state, n
+        nonlocal state, n, chunk_frames, chunk_masks, chunk_inputs
         with timed(seconds, "downsample"), torch.no_grad():
             frames = torch.stack([to_tensor(f) for f in chunk_frames])[None].to(device)
             masks = torch.stack([torch.from_numpy(m)[None] for m in chunk_masks])[None].to(device)
             out = model(frames, masks, state)
             state = out.state
-        with timed(seconds, "write"):
-            for t in range(out.frames.shape[1]):
-                img, soft = to_uint8(out.frames[0, t]), to_uint8(out.masks[0, t])[..., 0]
-                write_png(out_dir / "frames" / frame_name(n), img)
-                write_png(out_dir / "masks" / frame_name(n), soft)
-                writer.write(img)
-                params_log.append(dict(zip(PARAM_NAMES, out.params[0, t].tolist())))
-                if args.debug and n % args.debug_every == 0:
-                    debug_viz.write_side_by_side(out_dir / "debug" / frame_name(n), chunk_inputs[t],
-                                                 chunk_masks[t], soft, img)
-                n += 1
-        chunk_frames.clear(), chunk_masks.clear(), chunk_inputs.clear()
+            images = [np.ascontiguousarray(to_uint8(f)) for f in out.frames[0]]
+            softs = [np.ascontiguousarray(to_uint8(m)[..., 0]) for m in out.masks[0]]
+        for t, (img, soft) in enumerate(zip(images, softs)):
+            debug = args.debug and n % args.debug_every == 0
+            writer.submit(partial(write_frame, n, img, soft, *((chunk_inputs[t], chunk_masks[t]) if debug else ())))
+            params_log.append(dict(zip(PARAM_NAMES, out.params[0, t].tolist())))
+            n += 1
+        chunk_frames, chunk_masks, chunk_inputs = [], [], []
 
     t_start = time.perf_counter()
     total = reader.info.num_frames or None
@@ -171,11 +212,15 @@ def run_sequence(model, args, seq_path: Path, out_dir: Path, device, roi_factory
                 bar.update()
             if chunk_frames:
                 flush()
+        writer.close()
         with timed(seconds, "write"):
-            video_bytes = writer.close()
+            video_bytes = video.close()
     except BaseException:
-        writer.abort()
+        if writer.error is None:
+            writer.close()  # let queued frames finish: what is on disk stays consistent
+        video.abort()
         raise
+    seconds["write"] += writer.busy_seconds
     if n == 0:
         raise UserError(f"{seq_path}: no frame could be read")
     elapsed = time.perf_counter() - t_start
