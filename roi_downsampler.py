@@ -59,12 +59,13 @@ class DownsamplerState:
     prev_mask: Optional[torch.Tensor] = None
     prev_background: Optional[torch.Tensor] = None
     feature_ema: Optional[torch.Tensor] = None
+    prev_roi: Optional[torch.Tensor] = None  # input ROI at half output resolution
     frames_seen: int = 0
 
     def detach(self) -> "DownsamplerState":
         d = lambda t: None if t is None else t.detach()
         return DownsamplerState(d(self.prev_base), d(self.prev_mask), d(self.prev_background),
-                                d(self.feature_ema), self.frames_seen)
+                                d(self.feature_ema), d(self.prev_roi), self.frames_seen)
 
 
 @dataclass
@@ -134,8 +135,10 @@ class SequenceAnalyzer(nn.Module):
 
     Each frame is pooled to a tiny image (colour, ROI mask, change since the last frame), encoded
     by two strided convs and averaged over space; an exponential moving average over time (kept
-    in the temporal state) makes it a causal clip summary. A small MLP maps the summary plus
-    three global statistics (ROI area, motion, texture) to bounded parameters via sigmoids.
+    in the temporal state) makes it a causal clip summary. A small MLP maps the summary plus four
+    global statistics (ROI area, motion, texture, and how much the input ROI jumps from frame to
+    frame -- a jittery detector makes a hard sharp/blurred boundary expensive) to bounded
+    parameters via sigmoids.
     """
 
     def __init__(self, cfg: DownsamplerConfig):
@@ -147,7 +150,7 @@ class SequenceAnalyzer(nn.Module):
             nn.Conv2d(5, c, 3, stride=2, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(c, c, 3, stride=2, padding=1), nn.ReLU(inplace=True),
         )
-        self.feature_dim = c + 3
+        self.feature_dim = c + 4
         self.head = nn.Sequential(nn.Linear(self.feature_dim, 32), nn.ReLU(inplace=True),
                                   nn.Linear(32, len(PARAM_SPECS)))
         nn.init.zeros_(self.head[2].weight)  # start at the initial values below, exactly
@@ -157,15 +160,18 @@ class SequenceAnalyzer(nn.Module):
         self.register_buffer("low", torch.tensor([s[0] for s in PARAM_SPECS.values()]))
         self.register_buffer("high", torch.tensor([s[1] for s in PARAM_SPECS.values()]))
 
-    def frame_features(self, image, mask, change):
+    def frame_features(self, image, mask, change, mask_jump):
         x = F.adaptive_avg_pool2d(torch.cat([image, mask, change], 1), self.size)
         feats = self.encoder(x).mean((2, 3))
         texture = (x[:, :3, :, 1:] - x[:, :3, :, :-1]).abs().mean((1, 2, 3))
-        stats = torch.stack([x[:, 3].mean((1, 2)), x[:, 4].mean((1, 2)), texture], 1)
+        stats = torch.stack([x[:, 3].mean((1, 2)), x[:, 4].mean((1, 2)), texture, mask_jump], 1)
         return torch.cat([feats, stats], 1)
 
     def forward(self, image, mask, change, state: DownsamplerState):
-        f = self.frame_features(image, mask, change)
+        """image, mask, change: (B,·,h,w) at half output resolution."""
+        jump = (mask.new_zeros(mask.shape[0]) if state.prev_roi is None
+                else (mask - state.prev_roi).abs().mean((1, 2, 3)))
+        f = self.frame_features(image, mask, change, jump)
         ema = f if state.feature_ema is None else self.momentum * state.feature_ema + (1 - self.momentum) * f
         params = self.low + (self.high - self.low) * torch.sigmoid(self.head(ema))
         return params, ema
@@ -174,11 +180,13 @@ class SequenceAnalyzer(nn.Module):
 class AdaptiveMaskHead(nn.Module):
     """Turns a coarse (YOLO) mask into a soft importance map at output resolution.
 
-    Core: the ROI max-pooled to output size (small objects survive, unlike area averaging); it is
-    never shrunk, so every object pixel stays on the sharp path. Halo: at half resolution (4x
-    cheaper), pin holes are closed and a tiny conv on (mask, image) shapes a dilated, blurred
-    border whose strength is the predicted ``mask_feather`` -- soft transitions when they pay, a
-    tight mask when bits matter more (every pixel of margin costs bits in every frame).
+    Core: the ROI max-pooled to output size (small objects survive, unlike area averaging), with
+    holes up to ~8 output pixels closed at half resolution (a detector's ragged hair line or a
+    motion mask's gaps would otherwise become blurred patches inside the object); it is never
+    shrunk, so every object pixel stays on the sharp path. Halo: a tiny conv on (mask, image)
+    at half resolution (4x cheaper) shapes a dilated, blurred border whose strength is the
+    predicted ``mask_feather`` -- soft transitions when they pay, a tight mask when bits matter
+    more (every pixel of margin costs bits in every frame).
     """
 
     def __init__(self, cfg: DownsamplerConfig):
@@ -191,10 +199,12 @@ class AdaptiveMaskHead(nn.Module):
 
     def forward(self, roi, image_half, feather):
         """roi: (B,1,h,w) ROI at output resolution; image_half: the output image at half size."""
-        roi_half = erode(dilate(block_max(roi, 2), 3), 3)
-        logits = 6.0 * (2.0 * roi_half - 1.0) + self.refine(torch.cat([roi_half, image_half], 1))
+        closed = erode(dilate(block_max(roi, 2), 5), 5)
+        size = roi.shape[-2:]
+        core = torch.maximum(roi, F.interpolate(closed, scale_factor=2, mode="nearest")[..., : size[0], : size[1]])
+        logits = 6.0 * (2.0 * closed - 1.0) + self.refine(torch.cat([closed, image_half], 1))
         halo = box_blur(dilate(torch.sigmoid(logits), 5), 5)
-        return torch.maximum(roi, feather.view(-1, 1, 1, 1) * upsample(halo, roi.shape[-2:]))
+        return torch.maximum(core, feather.view(-1, 1, 1, 1) * upsample(halo, size))
 
 
 class TemporalConsistencyModule(nn.Module):
@@ -276,7 +286,8 @@ class ROIDownsampler(nn.Module):
         change = (torch.zeros_like(half[:, :1]) if state.prev_base is None
                   else self.temporal.change_map(base, state.prev_base))
 
-        params, ema = self.analyzer(half, block_max(roi, 2), change, state)
+        roi_half = block_max(roi, 2)
+        params, ema = self.analyzer(half, roi_half, change, state)
         p = dict(zip(PARAM_NAMES, params.unbind(1)))
 
         soft = self.mask_head(roi, half, p["mask_feather"])
@@ -294,7 +305,7 @@ class ROIDownsampler(nn.Module):
         background = self.temporal.hold_background(background, state.prev_background, p["bg_hold"], p["hold_threshold"])
 
         out = (background + soft * (sharp - background)).clamp(0, 1)
-        new_state = DownsamplerState(base, soft, background, ema, state.frames_seen + 1)
+        new_state = DownsamplerState(base, soft, background, ema, roi_half, state.frames_seen + 1)
         return out, soft, params, new_state
 
     def forward(self, frames, masks, state: Optional[DownsamplerState] = None) -> DownsamplerOutput:

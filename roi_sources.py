@@ -150,30 +150,42 @@ class KeyframeSource:
 
 
 class MotionSource:
-    """Weight-free ROI: moving things, by OpenCV's MOG2 background subtraction at low resolution,
-    cleaned with morphology and dilated so objects are covered with a margin. Works for static
-    cameras; with a moving camera much of the frame becomes ROI (safe, but fewer savings)."""
+    """Weight-free ROI: moving things, by OpenCV's MOG2 background subtraction at low resolution.
+
+    Speckle is opened away; the fragments of one object (a car's wheels, lights and edges) are
+    joined by a wide closing and filled as convex blobs, then dilated, so whole objects are kept
+    sharp rather than patches of them. Works for static cameras; with a moving camera much of
+    the frame becomes ROI (safe, but fewer savings)."""
 
     stateful = True  # needs every frame, in order
+    VERSION = 2      # part of the training mask-cache key: bump when the algorithm changes
 
     def __init__(self, work_width: int = 320, history: int = 120, var_threshold: float = 24.0):
-        self.work_width = work_width
+        self.work_width, self.history = work_width, history
         self.bg = cv2.createBackgroundSubtractorMOG2(history=history, varThreshold=var_threshold,
                                                      detectShadows=False)
         self.kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+        self.join = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (21, 21))
         self.frames = 0
 
     def mask(self, frame: np.ndarray) -> np.ndarray:
         h, w = frame.shape[:2]
         width = min(self.work_width, w)
         small = cv2.resize(frame, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
-        fg = self.bg.apply(cv2.GaussianBlur(small, (3, 3), 0))
+        # a fixed, slow learning rate after the first frame: MOG2's default (1/frames seen) absorbs
+        # a slowly moving car into the background within a few frames
+        rate = 1.0 if self.frames == 0 else 1.0 / self.history
+        fg = self.bg.apply(cv2.GaussianBlur(small, (3, 3), 0), learningRate=rate)
         self.frames += 1
         if self.frames == 1:  # MOG2 calls everything foreground before it has seen a frame
             fg[:] = 0
         fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, self.kernel)
-        fg = cv2.dilate(cv2.morphologyEx(fg, cv2.MORPH_CLOSE, self.kernel, iterations=2), self.kernel)
-        return cv2.resize((fg > 0).astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+        fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, self.join)
+        contours, _ = cv2.findContours(fg, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        solid = np.zeros_like(fg)
+        cv2.drawContours(solid, [cv2.convexHull(c) for c in contours], -1, 255, thickness=cv2.FILLED)
+        solid = cv2.dilate(solid, self.kernel)
+        return cv2.resize((solid > 0).astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST)
 
 
 def read_mask_file(path: Path) -> np.ndarray:

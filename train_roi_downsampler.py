@@ -138,7 +138,7 @@ def mask_source_factory(cfg: TrainConfig):
             if kind == "yolo":
                 raise
             warn(f"{e} -- sequences without annotations use --roi_source motion")
-    return data.source_key({"motion": 1}), MotionSource
+    return data.source_key({"motion": MotionSource.VERSION}), MotionSource
 
 
 def prepare_sequences(cfg: TrainConfig, run_dir: Path, rank: int):
