@@ -143,6 +143,7 @@ def plot_rd(results: dict, path: Path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     from debug_viz import save_figure
     n = len(results)
     fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.8), squeeze=False)
@@ -150,7 +151,9 @@ def plot_rd(results: dict, path: Path):
         for m, r in res["methods"].items():
             ax.plot([p["bytes"] / 1000 for p in r["rd"]], [p["roi_psnr"] for p in r["rd"]], marker="o",
                     label=f"{m} ({r.get('bd_rate_vs_area', float('nan')):+.0f}%)", lw=2.2 if m == "model" else 1.2)
-        ax.set_xscale("log"), ax.set_xlabel("x264 kilobytes"), ax.set_ylabel("ROI-PSNR (dB)")
+        ax.set_xscale("log"), ax.set_xlabel("x264 kilobytes (log)"), ax.set_ylabel("ROI-PSNR (dB)")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(f"{name} (x{res['scale_factor']})"), ax.grid(alpha=0.3, which="both"), ax.legend(fontsize=7)
     save_figure(fig, path)
 

@@ -199,9 +199,11 @@ class AdaptiveMaskHead(nn.Module):
 
     def forward(self, roi, image_half, feather):
         """roi: (B,1,h,w) ROI at output resolution; image_half: the output image at half size."""
-        closed = erode(dilate(block_max(roi, 2), 5), 5)
+        roi_half = block_max(roi, 2)
+        closed = erode(dilate(roi_half, 5), 5)
         size = roi.shape[-2:]
-        core = torch.maximum(roi, F.interpolate(closed, scale_factor=2, mode="nearest")[..., : size[0], : size[1]])
+        holes = F.interpolate(closed - roi_half, scale_factor=2, mode="nearest")[..., : size[0], : size[1]]
+        core = torch.maximum(roi, holes)  # only holes are added: the outline does not grow
         logits = 6.0 * (2.0 * closed - 1.0) + self.refine(torch.cat([closed, image_half], 1))
         halo = box_blur(dilate(torch.sigmoid(logits), 5), 5)
         return torch.maximum(core, feather.view(-1, 1, 1, 1) * upsample(halo, size))
