@@ -127,7 +127,10 @@ def dilate(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def erode(x: torch.Tensor, k: int) -> torch.Tensor:
-    return -F.max_pool2d(-x, k, stride=1, padding=k // 2)
+    """Erosion of a [0, 1] map with the outside counted as 0, so a closing does not fill the gap
+    between an object and the frame border."""
+    r = k // 2
+    return 1 - F.max_pool2d(F.pad(1 - x, (r, r, r, r), value=1.0), k, stride=1)
 
 
 class SequenceAnalyzer(nn.Module):

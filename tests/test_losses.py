@@ -92,8 +92,8 @@ def test_missing_weights_give_one_line_error(tmp_path):
 
 def test_a_few_hundred_steps_lower_the_combined_loss():
     torch.manual_seed(0)
-    frames, masks = textured_clip(t=3, h=32, w=32)
-    frames = frames + 0.05 * torch.randn(1, 3, 1, 32, 32)  # noisy, flickering background
+    frames, masks = textured_clip(t=3, h=64, w=64)
+    frames = frames + 0.05 * torch.randn(1, 3, 1, 64, 64)  # noisy, flickering background
     model = ROIDownsampler(DownsamplerConfig(scale_factor=2))
     loss_fn = CombinedLoss(LossWeights(perceptual=1.0), 2, [clip_embedder(tiny_clip())])
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)

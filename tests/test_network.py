@@ -98,3 +98,18 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
         load_model(tmp_path / "other.pth")
     with pytest.raises(UserError, match="not found"):
         load_model(tmp_path / "missing.pth")
+
+
+def test_mask_core_fills_holes_but_never_grows_the_outline():
+    model = ROIDownsampler(DownsamplerConfig(scale_factor=2))
+    mask = torch.zeros(1, 1, 1, 64, 64)
+    mask[..., 8:32, 8:32] = 1
+    mask[..., 16:24, 16:24] = 0          # a hole (4x4 output pixels)
+    mask[..., 0:10, 54:64] = 1           # an object at the border, well apart from the other
+    with torch.no_grad():
+        model.analyzer.head[2].bias[PARAM_NAMES.index("mask_feather")] = -20.0  # no halo
+        soft = model(torch.rand(1, 1, 3, 64, 64), mask).masks[0, 0, 0]
+    roi = F.max_pool2d(mask[0, 0], 2)[0]
+    assert (soft[8:12, 8:12] > 0.99).all()             # the hole is filled
+    assert (soft[roi > 0] > 0.99).all()                # every ROI pixel is on the sharp path
+    assert soft[roi == 0].sum() <= 16 + 1e-3           # nothing but the hole was added
