@@ -54,13 +54,14 @@ def blur_heuristic(frames, masks, s, sigma: float = 2.0, feather: int = 7):
 @torch.no_grad()
 def run_model(model, frames, masks, chunk: int = 8):
     """The network, streaming in chunks with the temporal state carried."""
+    from roi_downsampler import frames_to_tensor, tensor_to_frames
     out, state = [], None
     for i in range(0, len(frames), chunk):
-        f = torch.from_numpy(np.stack(frames[i:i + chunk])).permute(0, 3, 1, 2).float().div(255)[None]
+        f = frames_to_tensor(np.stack(frames[i:i + chunk]))[None]
         m = torch.from_numpy(np.stack(masks[i:i + chunk]).astype(np.float32))[None, :, None]
         o = model(f, m, state)
         state = o.state
-        out += list((o.frames[0].clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy())
+        out += list(tensor_to_frames(o.frames[0]))
     return out
 
 

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from roi_downsampler import PARAM_NAMES, DownsamplerConfig, ROIDownsampler, load_model
+from roi_downsampler import (PARAM_NAMES, DownsamplerConfig, ROIDownsampler, frames_to_tensor, load_model, pick_device,
+                             tensor_to_frames)
 from roi_sources import DEFAULT_ROI_CLASSES, DEFAULT_SEG_MODEL, make_roi_source
 from video_io import (H264Writer, FrameReader, UserError, atomic_write_bytes, crop_to_multiple, frame_name,
                       is_video_file, list_frame_files, write_png)
@@ -60,14 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu")
-    return torch.device(name)
-
-
 def load_downsampler(args) -> tuple[ROIDownsampler, str]:
     """The trained model, or (only when no path was given and none is shipped) the untrained one,
     which is exactly an area downscaler, with a loud warning."""
@@ -101,14 +94,6 @@ def check_output_dir(output_dir: Path, input_path: Path) -> None:
     if out == inp or (inp.is_dir() and inp in out.parents):
         raise UserError(f"--output_dir {output_dir} is inside the input {input_path}; inputs are never "
                         f"written to, choose another folder (e.g. output/run1)")
-
-
-def to_tensor(frame: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(frame).permute(2, 0, 1).float().div_(255)
-
-
-def to_uint8(t: torch.Tensor) -> np.ndarray:
-    return (t.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy())
 
 
 @contextmanager
@@ -178,12 +163,12 @@ def run_sequence(model, args, seq_path: Path, out_dir: Path, device, roi_factory
     def flush():
         nonlocal state, n, chunk_frames, chunk_masks
         with timed(seconds, "downsample"), torch.no_grad():
-            frames = torch.stack([to_tensor(f) for f in chunk_frames])[None].to(device)
-            masks = torch.stack([torch.from_numpy(m)[None] for m in chunk_masks])[None].to(device)
+            frames = frames_to_tensor(np.stack(chunk_frames))[None].to(device)
+            masks = torch.from_numpy(np.stack(chunk_masks))[None, :, None].to(device)
             out = model(frames, masks, state)
             state = out.state
-            images = [np.ascontiguousarray(to_uint8(f)) for f in out.frames[0]]
-            softs = [np.ascontiguousarray(to_uint8(m)[..., 0]) for m in out.masks[0]]
+            images = list(tensor_to_frames(out.frames[0]))
+            softs = list(tensor_to_frames(out.masks[0])[..., 0])
         for t, (img, soft) in enumerate(zip(images, softs)):
             debug = args.debug and n % args.debug_every == 0
             writer.submit(partial(write_frame, n, img, soft, *((chunk_frames[t], chunk_masks[t]) if debug else ())))

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -321,6 +322,28 @@ class ROIDownsampler(nn.Module):
             o, m, p, state = self.step(frames[:, t], masks[:, t], state)
             outs.append(o), softs.append(m), params.append(p)
         return DownsamplerOutput(torch.stack(outs, 1), torch.stack(softs, 1), torch.stack(params, 1), state)
+
+
+def frames_to_tensor(frames) -> torch.Tensor:
+    """RGB uint8 frames (..., H, W, 3) (numpy) -> float (..., 3, H, W) in [0, 1], the network's input."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).movedim(-1, -3).float().div_(255)
+
+
+def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
+    """(..., C, h, w) in [0, 1] -> uint8 (..., h, w, C) numpy, rounded as it is written to disk."""
+    return np.ascontiguousarray(x.detach().clamp(0, 1).mul(255).round().byte().movedim(-3, -1).cpu().numpy())
+
+
+def pick_device(name: str) -> torch.device:
+    """--device: 'auto' takes CUDA when present (the local rank's GPU under torchrun)."""
+    import os
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    return torch.device(name)
 
 
 def count_parameters(model: nn.Module) -> int:

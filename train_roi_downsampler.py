@@ -27,7 +27,8 @@ from tqdm import tqdm
 import data
 from blip_clip_loss import (CombinedLoss, LossWeights, PerceptualUnavailable, area_reference, load_perceptual,
                             rate_proxy, roi_at_output)
-from roi_downsampler import DownsamplerConfig, ROIDownsampler, read_checkpoint, save_checkpoint
+from roi_downsampler import (DownsamplerConfig, ROIDownsampler, pick_device, read_checkpoint, save_checkpoint,
+                             tensor_to_frames)
 from roi_sources import (DEFAULT_ROI_CLASSES, DEFAULT_SEG_MODEL, KeyframeSource, MotionSource, YoloSegmenter,
                          YoloUnavailable, load_yolo, warn)
 from video_io import UserError, atomic_write_bytes, encode_h264_bytes
@@ -111,16 +112,6 @@ def setup_distributed():
     return dist.get_rank(), dist.get_world_size()
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
-    return torch.device(name)
-
-
 def mask_source_factory(cfg: TrainConfig):
     """(key, factory) for sequences without annotations, following --roi_source."""
     kind = cfg.roi_source
@@ -182,11 +173,6 @@ def set_rng_state(state):
 # ----------------------------------------------------------------------------- validation
 
 
-def to_uint8_video(x: torch.Tensor) -> np.ndarray:
-    """(T,3,h,w) in [0,1] -> (T,h,w,3) uint8, as it would be written."""
-    return (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-
-
 @torch.no_grad()
 def validate(model, loss_fn, val_set, device, scale: int, crf: int = 28) -> dict:
     """Validation loss, and what the user cares about, for the model and for plain area:
@@ -203,11 +189,11 @@ def validate(model, loss_fn, val_set, device, scale: int, crf: int = 28) -> dict
         ref = area_reference(frames, scale)
         roi = roi_at_output(masks, scale)
         totals["loss"] += float(loss) / n
-        ref8 = to_uint8_video(ref[0])
+        ref8 = tensor_to_frames(ref[0])
         roi3 = np.repeat(roi[0, :, 0].cpu().numpy()[..., None] > 0, 3, -1)  # (T,h,w,3) like the frames
         for name, video in (("model", out.frames), ("area", ref)):
             totals[f"{name}_rate_proxy"] += float(rate_proxy(video, roi)) / n
-            v8 = to_uint8_video(video[0])
+            v8 = tensor_to_frames(video[0])
             size, decoded = encode_h264_bytes(list(v8), 25.0, crf, preset="veryfast")
             totals[f"{name}_bytes"] += size
             totals[f"{name}_roi_psnr"] += metrics.masked_psnr(np.stack(decoded), ref8, roi3) / n
