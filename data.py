@@ -98,8 +98,9 @@ def discover(dataset_path, cache_dir: Path) -> Discovery:
     for s in result.skipped:
         warnings.warn(f"skipping sequence {s}")
     if not result.sequences:
-        raise UserError(f"--dataset_path {root}: no usable sequence found ({layout} layout; "
-                        f"{len(result.skipped)} skipped)")
+        raise UserError(f"--dataset_path {root}: no usable sequence found ({layout} layout, "
+                        f"{len(result.skipped)} skipped); it needs subfolders of frames, video files, "
+                        f"or a DAVIS-2017 root (JPEGImages/480p/<seq>)")
     return result
 
 

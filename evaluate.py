@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 import metrics
-from video_io import FrameReader, UserError, atomic_write_bytes, crop_to_multiple, encode_h264_bytes
+from video_io import FrameReader, UserError, atomic_write_bytes, crop_to_multiple, encode_h264_bytes, plain_warnings
 
 DEFAULT_CRFS = (18, 23, 28, 33, 38)
 ALL_METHODS = ("model", "area", "bicubic", "lanczos", "blur_heuristic")
@@ -198,6 +198,7 @@ def build_parser():
 
 
 def main(argv=None) -> int:
+    plain_warnings()
     args = build_parser().parse_args(argv)
     try:
         return run(args)

@@ -27,7 +27,7 @@ from roi_downsampler import (PARAM_NAMES, DownsamplerConfig, ROIDownsampler, fra
                              tensor_to_frames)
 from roi_sources import DEFAULT_ROI_CLASSES, DEFAULT_SEG_MODEL, make_roi_source
 from video_io import (H264Writer, FrameReader, UserError, atomic_write_bytes, crop_to_multiple, frame_name,
-                      is_video_file, list_frame_files, write_png)
+                      is_video_file, list_frame_files, plain_warnings, write_png)
 
 REPO = Path(__file__).resolve().parent
 
@@ -238,7 +238,12 @@ def run(args, roi_factory=None) -> list[dict]:
     reports = []
     for name, seq in find_sequences(input_path):
         out_dir = output_dir / name if name else output_dir
-        report = run_sequence(model, args, seq, out_dir, device, roi_factory)
+        try:
+            report = run_sequence(model, args, seq, out_dir, device, roi_factory)
+        except BaseException:
+            if out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()  # failed before the first frame: leave nothing behind
+            raise
         report.update(checkpoint=ckpt_name, scale_factor=args.scale_factor, device=str(device))
         atomic_write_bytes(out_dir / "report.json", json.dumps(report, indent=2).encode())
         reports.append(report)
@@ -249,6 +254,7 @@ def run(args, roi_factory=None) -> list[dict]:
 
 
 def main(argv=None) -> int:
+    plain_warnings()
     args = build_parser().parse_args(argv)
     try:
         run(args)

@@ -31,7 +31,7 @@ from roi_downsampler import (DownsamplerConfig, ROIDownsampler, pick_device, rea
                              tensor_to_frames)
 from roi_sources import (DEFAULT_ROI_CLASSES, DEFAULT_SEG_MODEL, KeyframeSource, MotionSource, YoloSegmenter,
                          YoloUnavailable, load_yolo, warn)
-from video_io import UserError, atomic_write_bytes, encode_h264_bytes
+from video_io import UserError, atomic_write_bytes, encode_h264_bytes, plain_warnings
 
 
 @dataclass
@@ -376,6 +376,7 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def main(argv=None) -> int:
+    plain_warnings()
     try:
         cfg = parse_args(argv)
         result = train(cfg)

@@ -37,6 +37,11 @@ class UserError(Exception):
     """A problem with the user's input, reported as one line (no traceback) by every CLI."""
 
 
+def plain_warnings() -> None:
+    """CLI warnings as one line ('WARNING: ...'), without Python's source-line echo."""
+    warnings.formatwarning = lambda message, *args, **kwargs: f"WARNING: {message}\n"
+
+
 def natural_key(name: str):
     """Sort key so that 'frame2.png' < 'frame10.png'."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
