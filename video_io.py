@@ -207,7 +207,9 @@ def write_png(path, image: np.ndarray) -> None:
     """RGB (H,W,3) or gray (H,W) uint8 to PNG, atomically."""
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    # zlib level 1 with the "up" filter: as small as the default filter choice here, ~35% faster
+    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, 1,
+                                           cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP])
     if not ok:
         raise UserError(f"{path}: PNG encoding failed")
     atomic_write_bytes(path, buf.tobytes())
