@@ -61,12 +61,6 @@ class DownsamplerState:
     prev_background: Optional[torch.Tensor] = None
     feature_ema: Optional[torch.Tensor] = None
     prev_roi: Optional[torch.Tensor] = None  # input ROI at half output resolution
-    frames_seen: int = 0
-
-    def detach(self) -> "DownsamplerState":
-        d = lambda t: None if t is None else t.detach()
-        return DownsamplerState(d(self.prev_base), d(self.prev_mask), d(self.prev_background),
-                                d(self.feature_ema), d(self.prev_roi), self.frames_seen)
 
 
 @dataclass
@@ -75,9 +69,6 @@ class DownsamplerOutput:
     masks: torch.Tensor                  # (B,T,1,h,w) soft importance
     params: torch.Tensor                 # (B,T,P) in PARAM_NAMES order, real units
     state: DownsamplerState = field(default_factory=DownsamplerState)
-
-    def params_dict(self, b: int = 0) -> list[dict]:
-        return [dict(zip(PARAM_NAMES, row.tolist())) for row in self.params[b]]
 
 
 def _logit(p: float) -> float:
@@ -311,7 +302,7 @@ class ROIDownsampler(nn.Module):
         background = self.temporal.hold_background(background, state.prev_background, p["bg_hold"], p["hold_threshold"])
 
         out = (background + soft * (sharp - background)).clamp(0, 1)
-        new_state = DownsamplerState(base, soft, background, ema, roi_half, state.frames_seen + 1)
+        new_state = DownsamplerState(base, soft, background, ema, roi_half)
         return out, soft, params, new_state
 
     def forward(self, frames, masks, state: Optional[DownsamplerState] = None) -> DownsamplerOutput:
