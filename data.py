@@ -143,11 +143,11 @@ def cache_masks(seq: Sequence, make_source: Callable, key: str, cache_dir: Path)
     paths = [folder / n for n in names]
     if not all(p.exists() for p in paths):
         source = make_source()
+        stateful = getattr(source, "stateful", False)
         for f, p in tqdm(list(zip(seq.frames, paths)), desc=f"ROI masks {seq.name}", unit="frame", leave=False):
-            frame = read_image_rgb(f)
-            if p.exists() and not getattr(source, "stateful", False):
-                continue
-            write_png(p, (source.mask(frame) > 0.5).astype(np.uint8) * 255)
+            if p.exists() and not stateful:
+                continue  # cached, and a stateless source need not see this frame
+            write_png(p, (source.mask(read_image_rgb(f)) > 0.5).astype(np.uint8) * 255)
     return Sequence(seq.name, seq.frames, paths, seq.roi_source or key)
 
 
