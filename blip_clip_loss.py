@@ -4,6 +4,7 @@
           + roi_weight        * roi          (L1 + SSIM to the area reference, inside the ROI)
           + temporal_weight   * temporal     (output flicker beyond the reference's own change)
           + rate_weight       * rate         (what an encoder pays for: background texture and change)
+          + boundary_weight   * boundary     (change where the sharp/simplified boundary moved)
           + background_weight * background   (keeps the simplified background recognisable)
 
 The reference everywhere is the area-downscaled input: it is what the field compares against,
@@ -195,6 +196,19 @@ def rate_proxy(out, roi):
     return spatial + masked_mean((out[:, 1:] - out[:, :-1]).abs(), bg[:, 1:])
 
 
+def boundary_loss(out, soft):
+    """What a moving sharp/simplified boundary costs: output change where the soft mask changed.
+
+    A jittery ROI (a detector that grows, shrinks or drops objects) makes x264 re-code every pixel
+    the boundary sweeps over; this term lets the analyser learn to soften or simplify less then.
+    Summed over the clip's frame pairs and channels, per pixel of the frame."""
+    if out.shape[1] < 2:
+        return out.new_zeros(())
+    swept = (soft[:, 1:] - soft[:, :-1]).abs()
+    change = (out[:, 1:] - out[:, :-1]).abs()
+    return ((change * swept).sum((1, 2, 3, 4)) / swept[0, 0].numel()).mean()
+
+
 def background_loss(out, ref, roi):
     """L1 to the reference outside the ROI: keeps the simplified background recognisable."""
     return masked_mean((out - ref).abs(), 1 - roi)
@@ -223,6 +237,7 @@ class LossWeights:
     temporal: float = 2.0
     rate: float = 2.0
     background: float = 0.05
+    boundary: float = 0.1
 
 
 class CombinedLoss(nn.Module):
@@ -242,6 +257,7 @@ class CombinedLoss(nn.Module):
             "temporal": temporal_loss(output.frames, ref, roi),
             "rate": rate_proxy(output.frames, roi),
             "background": background_loss(output.frames, ref, roi),
+            "boundary": boundary_loss(output.frames, output.masks),
         }
         parts = {k: v for k, v in parts.items() if v is not None}
         total = sum(getattr(self.w, k) * v for k, v in parts.items())

@@ -45,6 +45,7 @@ class TrainConfig:
     temporal_weight: float = 2.0
     rate_weight: float = 2.0
     background_weight: float = 0.05
+    boundary_weight: float = 0.1
     scale_factor: int = 2
     lr: float = 5e-3
     weight_decay: float = 0.0
@@ -283,7 +284,7 @@ def train(cfg: TrainConfig) -> dict:
         warn(f"{e} -- training WITHOUT the perceptual term (--allow_missing_perceptual)")
         encoders = []
     weights = LossWeights(cfg.perceptual_weight if encoders else 0.0, cfg.roi_weight, cfg.temporal_weight,
-                          cfg.rate_weight, cfg.background_weight)
+                          cfg.rate_weight, cfg.background_weight, cfg.boundary_weight)
     loss_fn = CombinedLoss(weights, cfg.scale_factor, encoders).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     total_steps = cfg.epochs * cfg.steps_per_epoch

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from blip_clip_loss import (CombinedLoss, LossWeights, PerceptualUnavailable, area_reference, blip_embedder,
-                            clip_embedder, load_perceptual, perceptual_loss, rate_proxy, roi_at_output, roi_loss,
-                            temporal_loss)
+                            boundary_loss, clip_embedder, load_perceptual, perceptual_loss, rate_proxy, roi_at_output,
+                            roi_loss, temporal_loss)
 from roi_downsampler import DownsamplerConfig, ROIDownsampler
 
 
@@ -71,6 +71,20 @@ def test_temporal_loss_punishes_flicker_not_motion_or_holding():
     assert temporal_loss(flicker, ref, roi) > 0.05
 
 
+def test_boundary_loss_charges_a_jumping_sharp_blurred_boundary():
+    frames, masks = textured_clip()
+    ref = area_reference(frames, 2)
+    ref = ref[:, :1].expand_as(ref)               # a still scene
+    still = roi_at_output(masks, 2)
+    jumping = still.clone()
+    jumping[:, 1::2] = torch.roll(still[:, 1::2], 4, dims=-1)  # the ROI jumps every other frame
+    composite = lambda m: ref * m + blur(ref) * (1 - m)
+    assert boundary_loss(composite(still), still) == 0
+    hard = boundary_loss(composite(jumping), jumping)
+    mild = boundary_loss(ref * jumping + blur(ref, 3) * (1 - jumping), jumping)
+    assert hard > mild > 0                        # a milder background makes jumps cheaper
+
+
 @pytest.mark.parametrize("make", [lambda: clip_embedder(tiny_clip()), lambda: blip_embedder(tiny_blip())])
 def test_perceptual_loss_is_zero_for_identical_content_and_grows_with_damage(make):
     enc = make()
@@ -104,5 +118,5 @@ def test_a_few_hundred_steps_lower_the_combined_loss():
         opt.zero_grad()
         total.backward()
         opt.step()
-    assert set(parts) == {"perceptual", "roi", "temporal", "rate", "background"}
+    assert set(parts) == {"perceptual", "roi", "temporal", "rate", "background", "boundary"}
     assert float(total.detach()) < 0.9 * first
