@@ -26,9 +26,9 @@ REPO = Path(__file__).resolve().parent
 
 
 def bench_network(threads: int = 2, repeats: int = 30):
-    from roi_downsampler import DownsamplerConfig, ROIDownsampler, count_parameters, load_model
+    from roi_downsampler import DownsamplerConfig, ROIDownsampler, count_parameters, default_checkpoint, load_model
     torch.set_num_threads(threads)
-    ckpt = REPO / "models" / "roi_downsampler_x2.pth"
+    ckpt = default_checkpoint(2)
     model = load_model(ckpt)[0] if ckpt.exists() else ROIDownsampler(DownsamplerConfig(scale_factor=2)).eval()
     frame = torch.rand(1, 3, 720, 1280)
     mask = torch.zeros(1, 1, 720, 1280)

@@ -209,7 +209,7 @@ def main(argv=None) -> int:
 
 def run(args) -> int:
     import demo_data
-    from roi_downsampler import load_model
+    from roi_downsampler import default_checkpoint, load_model
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -222,7 +222,7 @@ def run(args) -> int:
         raise UserError(f"--crfs {args.crfs}: expected comma-separated integers like 18,23,28") from None
     model = None
     if "model" in methods:
-        ckpt = args.checkpoint_path or Path(__file__).parent / "models" / f"roi_downsampler_x{args.scale_factor}.pth"
+        ckpt = args.checkpoint_path or default_checkpoint(args.scale_factor)
         model, _ = load_model(ckpt, expected_scale=args.scale_factor)
     if args.suite:
         clips = demo_data.evaluation_clips()

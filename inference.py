@@ -23,17 +23,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from roi_downsampler import (PARAM_NAMES, DownsamplerConfig, ROIDownsampler, frames_to_tensor, load_model, pick_device,
-                             tensor_to_frames)
+from roi_downsampler import (PARAM_NAMES, DownsamplerConfig, ROIDownsampler, default_checkpoint, frames_to_tensor,
+                             load_model, pick_device, tensor_to_frames)
 from roi_sources import DEFAULT_ROI_CLASSES, DEFAULT_SEG_MODEL, make_roi_source
 from video_io import (H264Writer, FrameReader, UserError, atomic_write_bytes, crop_to_multiple, frame_name,
                       is_video_file, list_frame_files, plain_warnings, write_png)
 
 REPO = Path(__file__).resolve().parent
-
-
-def default_checkpoint(scale: int) -> Path:
-    return REPO / "models" / f"roi_downsampler_x{scale}.pth"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -344,6 +344,11 @@ def count_parameters(model: nn.Module) -> int:
 # ------------------------------------------------------------------------------- checkpoints
 
 
+def default_checkpoint(scale: int) -> Path:
+    """Where the shipped checkpoint for a scale factor lives: models/roi_downsampler_x{s}.pth."""
+    return Path(__file__).resolve().parent / "models" / f"roi_downsampler_x{scale}.pth"
+
+
 def save_checkpoint(path, model: ROIDownsampler, **extra) -> None:
     """One file: format tag+version, model config, weights, scale, plus anything in `extra`
     (training args, metrics, optimizer/scheduler/RNG state for --resume). Written atomically."""

@@ -7,7 +7,7 @@ import torch
 import demo_data
 import metrics
 from evaluate import roi_at_output, run_model
-from roi_downsampler import load_model
+from roi_downsampler import default_checkpoint, load_model
 from video_io import encode_h264_bytes
 
 
@@ -21,7 +21,7 @@ def scene():
 
 @pytest.mark.parametrize("s", [2, 4])
 def test_shipped_model_keeps_roi_and_saves_bytes(scene, s):
-    model, ckpt = load_model(demo_data.REPO / "models" / f"roi_downsampler_x{s}.pth", expected_scale=s)
+    model, ckpt = load_model(default_checkpoint(s), expected_scale=s)
     assert ckpt["train_args"]["scale_factor"] == s and "optimizer" not in ckpt
     frames, masks = scene
     torch.manual_seed(0)
