@@ -15,6 +15,7 @@ Policies (also in the README):
 from __future__ import annotations
 
 import fractions
+import io
 import os
 import re
 import tempfile
@@ -269,15 +270,30 @@ class H264Writer:
 
 
 def encode_h264_bytes(frames, fps: float, crf: int, preset: str = "medium") -> tuple[int, list[np.ndarray]]:
-    """Encode frames in memory (for evaluation): return (bytes, decoded RGB frames)."""
+    """Encode frames with libx264 in memory (for evaluation): return (bitstream bytes, decoded RGB).
+
+    Bytes are the H.264 payload (sum of packet sizes), not the mp4 file: the container's fixed
+    ~1 kB would otherwise swamp small clips. One encoder thread, because x264's output depends
+    on its thread count, and the same frames must give the same bytes on every machine.
+    """
     import av
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "x.mp4"
-        w = H264Writer(path, fps, crf, preset)
-        for f in frames:
-            w.write(f)
-        size = w.close()
-        h, wd = frames[0].shape[:2]
-        with av.open(str(path)) as c:
-            decoded = [f.to_ndarray(format="rgb24")[:h, :wd] for f in c.decode(video=0)]
+    h, w = frames[0].shape[:2]
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fractions.Fraction(fps).limit_denominator(1001))
+        stream.pix_fmt = "yuv420p"
+        stream.width, stream.height = w + w % 2, h + h % 2
+        stream.codec_context.thread_count = 1
+        stream.options = {"crf": str(int(crf)), "preset": preset}
+        size = 0
+        for f in list(frames) + [None]:
+            if f is not None:
+                f = np.pad(f, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+                f = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+            for packet in stream.encode(f):
+                size += packet.size
+                container.mux(packet)
+    buffer.seek(0)
+    with av.open(buffer, format="mp4") as c:
+        decoded = [f.to_ndarray(format="rgb24")[:h, :w] for f in c.decode(video=0)]
     return size, decoded

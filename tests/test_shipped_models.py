@@ -13,8 +13,8 @@ from video_io import encode_h264_bytes
 
 @pytest.fixture(scope="module")
 def scene():
-    background = demo_data._cover(demo_data._load_rgb(demo_data.skimage_photo("coffee.png")), 192, 128)
-    sprite = demo_data._cover(demo_data._load_rgb(demo_data.skimage_photo("astronaut.png")), 24, 32)
+    background = demo_data._cover(demo_data._load_rgb(demo_data.skimage_photo("coffee.png")), 384, 256)
+    sprite = demo_data._cover(demo_data._load_rgb(demo_data.skimage_photo("astronaut.png")), 40, 56)
     frames, masks = demo_data.static_scene(background, [sprite, sprite[:, ::-1]], n_frames=12, seed=3)
     return list(frames), [m // 255 for m in masks]
 
