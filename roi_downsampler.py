@@ -89,9 +89,9 @@ def coarse_background(base: torch.Tensor, coarseness: torch.Tensor, weight: torc
     whole cell is object, the plain average is used.
     """
     eps = 1e-3
-    pyramid = [F.avg_pool2d(torch.cat([base * weight, weight, base], 1), 4, ceil_mode=True)]
+    pyramid = [area_pool(torch.cat([base * weight, weight, base], 1), 4)]
     for _ in range(2):
-        pyramid.append(F.avg_pool2d(pyramid[-1], 2, ceil_mode=True))
+        pyramid.append(area_pool(pyramid[-1], 2))
     size = pyramid[0].shape[-2:]
     quarter, eighth, sixteenth = pyramid[0], upsample(pyramid[1], size), upsample(pyramid[2], size)
     c = coarseness.view(-1, 1, 1, 1)
@@ -100,29 +100,67 @@ def coarse_background(base: torch.Tensor, coarseness: torch.Tensor, weight: torc
     return upsample((num + eps * plain) / (den + eps), base.shape[-2:])
 
 
+def _cells(x: torch.Tensor, s: int):
+    """The s*s strided views x[..., i::s, j::s] of a tensor whose size is a multiple of s."""
+    return [x[..., i::s, j::s] for i in range(s) for j in range(s)]
+
+
+def area_pool(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Mean over s x s blocks (= avg_pool2d(x, s, ceil_mode=True): a partial block at the
+    bottom/right edge is the mean of what it holds). When the size is a multiple of s it is a sum
+    of strided views: 3-5x faster than avg_pool2d on CPU for a full-resolution frame."""
+    h, w = x.shape[-2:]
+    if h % s or w % s:
+        return F.avg_pool2d(x, s, ceil_mode=True)
+    if s % 2 == 0 and s > 2:  # 4 = 2 x 2: 6 additions instead of 15
+        return area_pool(area_pool(x, 2), s // 2)
+    cells = _cells(x, s)
+    total = cells[0] + cells[1]
+    for c in cells[2:]:
+        total = total + c
+    return total / (s * s)
+
+
 def block_max(x: torch.Tensor, s: int) -> torch.Tensor:
-    """Max over s x s blocks (= max_pool2d(x, s, ceil_mode=True)) via reshape: several times
-    faster than max_pool2d on CPU, which also computes indices."""
-    b, c, h, w = x.shape
+    """Max over s x s blocks (= max_pool2d(x, s, ceil_mode=True)) as a max of strided views:
+    several times faster than max_pool2d on CPU, which also computes indices."""
+    h, w = x.shape[-2:]
     ph, pw = -h % s, -w % s
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph), value=float("-inf"))
-    return x.view(b, c, (h + ph) // s, s, (w + pw) // s, s).amax((3, 5))
+    cells = _cells(x, s)
+    out = torch.maximum(cells[0], cells[1])
+    for c in cells[2:]:
+        out = torch.maximum(out, c)
+    return out
 
 
-def box_blur(x: torch.Tensor, k: int) -> torch.Tensor:
-    return F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)
+def _running_max(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """Max over a centred window of k along dim, borders padded with -inf (a 1-D max filter)."""
+    r, n = k // 2, x.shape[dim]
+    padded = F.pad(x, (r, r) if dim == -1 else (0, 0, r, r), value=float("-inf"))
+    out = padded.narrow(dim, 0, n)
+    for i in range(1, k):
+        out = torch.maximum(out, padded.narrow(dim, i, n))
+    return out
 
 
 def dilate(x: torch.Tensor, k: int) -> torch.Tensor:
-    return F.max_pool2d(x, k, stride=1, padding=k // 2)
+    """k x k max filter (= max_pool2d(x, k, stride=1, padding=k//2)), separable: ~10x faster on CPU."""
+    return _running_max(_running_max(x, k, -1), k, -2)
 
 
 def erode(x: torch.Tensor, k: int) -> torch.Tensor:
     """Erosion of a [0, 1] map with the outside counted as 0, so a closing does not fill the gap
     between an object and the frame border."""
     r = k // 2
-    return 1 - F.max_pool2d(F.pad(1 - x, (r, r, r, r), value=1.0), k, stride=1)
+    return 1 - dilate(F.pad(1 - x, (r, r, r, r), value=1.0), k)[..., r:-r, r:-r]
+
+
+def box_blur(x: torch.Tensor, k: int) -> torch.Tensor:
+    """k x k mean, windows clipped at the border; separable (a clipped box is a product of 1-D boxes)."""
+    pool = lambda z, kernel, pad: F.avg_pool2d(z, kernel, stride=1, padding=pad, count_include_pad=False)
+    return pool(pool(x, (1, k), (0, k // 2)), (k, 1), (k // 2, 0))
 
 
 class SequenceAnalyzer(nn.Module):
@@ -226,14 +264,13 @@ class TemporalConsistencyModule(nn.Module):
     @staticmethod
     def change_map(now, before):
         """Mean absolute colour change at half resolution (2x2 averaged, so lone noisy pixels count less)."""
-        return F.avg_pool2d((now - before).abs().mean(1, keepdim=True), 2, ceil_mode=True)
+        return area_pool((now - before).abs().mean(1, keepdim=True), 2)
 
     def smooth_mask(self, mask, prev_mask, change):
         """mask, prev_mask at output resolution; change at half resolution (the gate runs there)."""
         if prev_mask is None:
             return mask
-        pool = lambda m: F.avg_pool2d(m, 2, ceil_mode=True)
-        g = torch.sigmoid(self.gate(torch.cat([pool(mask), pool(prev_mask), change], 1)))
+        g = torch.sigmoid(self.gate(torch.cat([area_pool(mask, 2), area_pool(prev_mask, 2), change], 1)))
         return torch.maximum(mask, upsample(g, mask.shape[-2:]) * prev_mask)
 
     def hold_background(self, background, prev_background, hold, threshold):
@@ -277,8 +314,8 @@ class ROIDownsampler(nn.Module):
         s = self.cfg.scale_factor
         H, W = frame.shape[-2:]
         frame, mask = frame[..., : H - H % s, : W - W % s], mask[..., : H - H % s, : W - W % s]
-        base = F.avg_pool2d(frame, s)                   # the area downscale
-        half = F.avg_pool2d(base, 2, ceil_mode=True)    # analysis / mask-halo resolution
+        base = area_pool(frame, s)                      # the area downscale
+        half = area_pool(base, 2)                       # analysis / mask-halo resolution
         roi = block_max(mask, s)                        # max, not mean: small objects survive
         change = (torch.zeros_like(half[:, :1]) if state.prev_base is None
                   else self.temporal.change_map(base, state.prev_base))

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from roi_downsampler import (PARAM_NAMES, DownsamplerConfig, ROIDownsampler, count_parameters, load_model,
-                             save_checkpoint)
+from roi_downsampler import (PARAM_NAMES, DownsamplerConfig, ROIDownsampler, area_pool, block_max, box_blur,
+                             count_parameters, dilate, erode, load_model, save_checkpoint)
 from video_io import UserError
 
 
@@ -113,3 +113,19 @@ def test_mask_core_fills_holes_but_never_grows_the_outline():
     assert (soft[8:12, 8:12] > 0.99).all()             # the hole is filled
     assert (soft[roi > 0] > 0.99).all()                # every ROI pixel is on the sharp path
     assert soft[roi == 0].sum() <= 16 + 1e-3           # nothing but the hole was added
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 37, 53), (2, 3, 40, 64)])
+def test_fast_pooling_ops_equal_torch_reference(shape):
+    """The strided-view / separable versions used for speed compute what the torch ops compute,
+    including partial blocks at odd sizes and the borders of the max and box filters."""
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    for k in (3, 5):
+        assert torch.equal(dilate(x, k), F.max_pool2d(x, k, stride=1, padding=k // 2))
+        r = k // 2
+        assert torch.equal(erode(x, k), 1 - F.max_pool2d(F.pad(1 - x, (r, r, r, r), value=1.0), k, stride=1))
+        ref = F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)
+        assert torch.allclose(box_blur(x, k), ref, atol=1e-6)
+    for s in (2, 4):
+        assert torch.equal(block_max(x, s), F.max_pool2d(x, s, ceil_mode=True))
+        assert torch.allclose(area_pool(x, s), F.avg_pool2d(x, s, ceil_mode=True), atol=1e-6)
