@@ -189,6 +189,8 @@ def build_parser():
     p.add_argument("--checkpoint_path", help="model checkpoint (default models/roi_downsampler_x{s}.pth)")
     p.add_argument("--scale_factor", type=int, default=2, choices=[2, 4])
     p.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma-separated subset of {','.join(ALL_METHODS)}")
+    p.add_argument("--background_strength", type=float, default=1.0,
+                   help="as in inference.py: scale the model's background simplification and hold (0-1)")
     p.add_argument("--crfs", default=",".join(map(str, DEFAULT_CRFS)))
     p.add_argument("--preset", default="medium", help="x264 preset used for the measurement")
     p.add_argument("--max_frames", type=int, default=48)
@@ -224,6 +226,7 @@ def run(args) -> int:
     if "model" in methods:
         ckpt = args.checkpoint_path or default_checkpoint(args.scale_factor)
         model, _ = load_model(ckpt, expected_scale=args.scale_factor)
+        model.set_background_strength(args.background_strength)
     if args.suite:
         clips = demo_data.evaluation_clips()
         jobs = [(n, p, p.parent / f"{n}_masks" if (p.parent / f"{n}_masks").is_dir() else None) for n, p in clips.items()]

@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conf", type=float, default=0.25, help="YOLO confidence threshold")
     p.add_argument("--seg_imgsz", type=int, default=640, help="YOLO inference size")
     p.add_argument("--keyframe_interval", type=int, default=1, help="run YOLO every N frames, flow-warp masks between")
+    p.add_argument("--background_strength", type=float, default=1.0,
+                   help="scale the learned background simplification and hold: 1 = as trained, 0 = plain area "
+                        "background (for moving cameras or jittery ROI masks)")
     p.add_argument("--crf", type=int, default=23, help="x264 CRF of video.mp4 (0-51, lower = better)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, or auto")
     p.add_argument("--batch_size", type=int, default=8, help="frames per network call (the result does not depend on it)")
@@ -230,6 +233,7 @@ def run(args, roi_factory=None) -> list[dict]:
     check_output_dir(output_dir, input_path)
     device = pick_device(args.device)
     model, ckpt_name = load_downsampler(args)
+    model.set_background_strength(args.background_strength)
     model.to(device)
     reports = []
     for name, seq in find_sequences(input_path):
@@ -240,7 +244,8 @@ def run(args, roi_factory=None) -> list[dict]:
             if out_dir.is_dir() and not any(out_dir.iterdir()):
                 out_dir.rmdir()  # failed before the first frame: leave nothing behind
             raise
-        report.update(checkpoint=ckpt_name, scale_factor=args.scale_factor, device=str(device))
+        report.update(checkpoint=ckpt_name, scale_factor=args.scale_factor, device=str(device),
+                      background_strength=args.background_strength)
         atomic_write_bytes(out_dir / "report.json", json.dumps(report, indent=2).encode())
         reports.append(report)
         print(f"wrote {report['frames']} frames {report['output_size'][0]}x{report['output_size'][1]} to {out_dir}/ "

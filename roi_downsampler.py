@@ -300,10 +300,19 @@ class ROIDownsampler(nn.Module):
                                     nn.Conv2d(c, 3, 1))
         nn.init.zeros_(self.detail[2].weight)
         nn.init.zeros_(self.detail[2].bias)
+        self.set_background_strength(1.0)
 
     @property
     def scale_factor(self) -> int:
         return self.cfg.scale_factor
+
+    def set_background_strength(self, strength: float) -> None:
+        """Scale the predicted background simplification and hold (1 = as trained, 0 = the
+        background is plain area downscaling). Not saved in checkpoints: an inference-time knob."""
+        if not 0.0 <= strength <= 1.0:
+            raise UserError(f"--background_strength must be in [0, 1], got {strength}")
+        self.background_strength = float(strength)
+        self.strength_scale = torch.tensor([strength if n in ("bg_simplify", "bg_hold") else 1.0 for n in PARAM_NAMES])
 
     def step(self, frame, mask, state: Optional[DownsamplerState] = None):
         """One frame (B,3,H,W) + mask (B,1,H,W) -> (output, soft mask, params, new state).
@@ -322,6 +331,8 @@ class ROIDownsampler(nn.Module):
 
         roi_half = block_max(roi, 2)
         params, ema = self.analyzer(half, roi_half, change, state)
+        if self.background_strength != 1.0:  # user override, reported as the effective parameters
+            params = params * self.strength_scale.to(params)
         p = dict(zip(PARAM_NAMES, params.unbind(1)))
 
         soft = self.mask_head(roi, half, p["mask_feather"])

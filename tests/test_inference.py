@@ -102,7 +102,7 @@ def test_auto_falls_back_to_motion_with_one_line_warning(tmp_path, frame_folder,
 
 
 @pytest.mark.parametrize("case", ["yolo_without_weights", "missing_ckpt", "corrupt_ckpt", "scale_mismatch",
-                                  "output_inside_input", "missing_input", "masks_without_dir"])
+                                  "output_inside_input", "missing_input", "masks_without_dir", "bad_strength"])
 def test_errors_are_one_line_and_write_nothing(tmp_path, frame_folder, ckpt, capsys, case):
     out = tmp_path / "out"
     args = ["--input_dir", frame_folder, "--output_dir", out, "--checkpoint_path", ckpt, "--roi_source", "motion"]
@@ -123,6 +123,8 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, frame_folder, ckpt, cap
         args[1] = tmp_path / "no_such_clip"
     elif case == "masks_without_dir":
         args += ["--roi_source", "masks"]
+    elif case == "bad_strength":
+        args += ["--background_strength", "1.5"]
     before = sorted(p.name for p in frame_folder.iterdir())
     code, err = run(args, capsys)
     assert code == 2
@@ -130,3 +132,20 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, frame_folder, ckpt, cap
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert not out.exists()
     assert sorted(p.name for p in frame_folder.iterdir()) == before
+
+
+def test_background_strength_zero_gives_area_background(tmp_path, frame_folder, ckpt):
+    """--background_strength 0 turns off simplification and hold: the output is area downscaling."""
+    import cv2
+    out = tmp_path / "out"
+    extra = ["--masks_dir", tmp_path / "clip_masks", "--background_strength", "0"]
+    assert run(["--input_dir", frame_folder, *common(ckpt, out, extra)])[0] == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["background_strength"] == 0 and all(p["bg_simplify"] == 0 for p in report["parameters"])
+    for i, src in enumerate(sorted(p for p in frame_folder.iterdir() if p.suffix == ".png")):
+        f = read_image_rgb(src)
+        area = cv2.resize(f, (f.shape[1] // 2, f.shape[0] // 2), interpolation=cv2.INTER_AREA).astype(int)
+        assert np.abs(read_image_rgb(out / "frames" / f"{i:05d}.png").astype(int) - area).max() <= 1
+    default = tmp_path / "default"
+    assert run(["--input_dir", frame_folder, *common(ckpt, default, extra[:2])])[0] == 0
+    assert json.loads((default / "report.json").read_text())["parameters"][3]["bg_simplify"] > 0.1
