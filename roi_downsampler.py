@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from video_io import UserError, atomic_write_bytes
 
 CHECKPOINT_FORMAT = "roi-downsampler"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: background gate
 
 # name -> (low, high, initial value). Initial values make the untrained model an area downscaler:
 # no background simplification and no temporal hold, so it can never start worse than area.
@@ -39,6 +39,7 @@ PARAM_SPECS = {
     "hold_threshold": (0.005, 0.1, 0.03), # change (0-1 intensity) above which the background is refreshed
     "roi_detail":     (0.0, 2.0, 1.0),    # gain of the learned ROI detail residual
     "mask_feather":   (0.0, 1.0, 0.5),    # mix toward a dilated+blurred mask (soft edges)
+    "bg_gate":        (0.0, 1.0, 0.998),  # does simplifying pay on this clip? fitted against x264 (calibrate_gate.py)
 }
 PARAM_NAMES = list(PARAM_SPECS)
 
@@ -51,6 +52,7 @@ class DownsamplerConfig:
     analyser_channels: int = 16   # hidden width of the sequence analyser
     analyser_size: int = 32       # analyser looks at frames pooled to analyser_size^2
     param_momentum: float = 0.8   # EMA of analyser features over time (clip-level summary)
+    gate_momentum: float = 0.95   # slower EMA for the background gate: a clip-level decision, not a per-frame one
 
 
 @dataclass
@@ -60,6 +62,7 @@ class DownsamplerState:
     prev_mask: Optional[torch.Tensor] = None
     prev_background: Optional[torch.Tensor] = None
     feature_ema: Optional[torch.Tensor] = None
+    stats_ema: Optional[torch.Tensor] = None  # slow average of the four clip statistics (the gate's input)
     prev_roi: Optional[torch.Tensor] = None  # input ROI at half output resolution
 
 
@@ -172,6 +175,11 @@ class SequenceAnalyzer(nn.Module):
     global statistics (ROI area, motion, texture, and how much the input ROI jumps from frame to
     frame -- a jittery detector makes a hard sharp/blurred boundary expensive) to bounded
     parameters via sigmoids.
+
+    The last parameter, ``bg_gate``, is a logistic function of the log clip statistics that
+    scales background simplification and hold. Gradient training leaves it alone (the rate proxy
+    cannot tell when x264 pays more for a jittery sharp/blurred boundary than it saves on the
+    background); calibrate_gate.py fits it to x264's own verdict on calibration clips.
     """
 
     def __init__(self, cfg: DownsamplerConfig):
@@ -179,19 +187,24 @@ class SequenceAnalyzer(nn.Module):
         c = cfg.analyser_channels
         self.size = cfg.analyser_size
         self.momentum = cfg.param_momentum
+        self.gate_momentum = cfg.gate_momentum
         self.encoder = nn.Sequential(
             nn.Conv2d(5, c, 3, stride=2, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(c, c, 3, stride=2, padding=1), nn.ReLU(inplace=True),
         )
         self.feature_dim = c + 4
         self.head = nn.Sequential(nn.Linear(self.feature_dim, 32), nn.ReLU(inplace=True),
-                                  nn.Linear(32, len(PARAM_SPECS)))
+                                  nn.Linear(32, len(PARAM_SPECS) - 1))
         nn.init.zeros_(self.head[2].weight)  # start at the initial values below, exactly
+        self.gate = nn.Linear(4, 1).requires_grad_(False)  # fitted by calibrate_gate.py, not by gradient
+        nn.init.zeros_(self.gate.weight)
         with torch.no_grad():
-            for i, (lo, hi, init) in enumerate(PARAM_SPECS.values()):
-                self.head[2].bias[i] = _logit((init - lo) / (hi - lo))
-        self.register_buffer("low", torch.tensor([s[0] for s in PARAM_SPECS.values()]))
-        self.register_buffer("high", torch.tensor([s[1] for s in PARAM_SPECS.values()]))
+            logits = [_logit((init - lo) / (hi - lo)) for lo, hi, init in PARAM_SPECS.values()]
+            self.head[2].bias.copy_(torch.tensor(logits[:-1]))
+            self.gate.bias.fill_(logits[-1])
+        # from PARAM_SPECS, not from the checkpoint (persistent=False): ranges are the code's business
+        self.register_buffer("low", torch.tensor([s[0] for s in PARAM_SPECS.values()]), persistent=False)
+        self.register_buffer("high", torch.tensor([s[1] for s in PARAM_SPECS.values()]), persistent=False)
 
     def frame_features(self, image, mask, change, mask_jump):
         x = F.adaptive_avg_pool2d(torch.cat([image, mask, change], 1), self.size)
@@ -206,8 +219,16 @@ class SequenceAnalyzer(nn.Module):
                 else (mask - state.prev_roi).abs().mean((1, 2, 3)))
         f = self.frame_features(image, mask, change, jump)
         ema = f if state.feature_ema is None else self.momentum * state.feature_ema + (1 - self.momentum) * f
-        params = self.low + (self.high - self.low) * torch.sigmoid(self.head(ema))
-        return params, ema
+        stats = f[:, -4:] if state.stats_ema is None else (
+            self.gate_momentum * state.stats_ema + (1 - self.gate_momentum) * f[:, -4:])
+        u = torch.cat([torch.sigmoid(self.head(ema)), torch.sigmoid(self.gate(self.gate_features(stats)))], 1)
+        return self.low + (self.high - self.low) * u, ema, stats
+
+    @staticmethod
+    def gate_features(stats):
+        """The gate's input: log of the slowly averaged clip statistics (ROI area, motion, texture,
+        ROI jump). Switching the background style back and forth would itself cost bits."""
+        return torch.log(stats.clamp_min(0) + 1e-3)
 
 
 class AdaptiveMaskHead(nn.Module):
@@ -312,7 +333,12 @@ class ROIDownsampler(nn.Module):
         if not 0.0 <= strength <= 1.0:
             raise UserError(f"--background_strength must be in [0, 1], got {strength}")
         self.background_strength = float(strength)
-        self.strength_scale = torch.tensor([strength if n in ("bg_simplify", "bg_hold") else 1.0 for n in PARAM_NAMES])
+
+    def effective(self, params):
+        """bg_simplify and bg_hold scaled by the gate and --background_strength (reported so)."""
+        k = self.background_strength * params[:, PARAM_NAMES.index("bg_gate")]
+        scale = torch.stack([k if n in ("bg_simplify", "bg_hold") else torch.ones_like(k) for n in PARAM_NAMES], 1)
+        return params * scale
 
     def step(self, frame, mask, state: Optional[DownsamplerState] = None):
         """One frame (B,3,H,W) + mask (B,1,H,W) -> (output, soft mask, params, new state).
@@ -330,9 +356,8 @@ class ROIDownsampler(nn.Module):
                   else self.temporal.change_map(base, state.prev_base))
 
         roi_half = block_max(roi, 2)
-        params, ema = self.analyzer(half, roi_half, change, state)
-        if self.background_strength != 1.0:  # user override, reported as the effective parameters
-            params = params * self.strength_scale.to(params)
+        params, ema, stats = self.analyzer(half, roi_half, change, state)
+        params = self.effective(params)
         p = dict(zip(PARAM_NAMES, params.unbind(1)))
 
         soft = self.mask_head(roi, half, p["mask_feather"])
@@ -350,7 +375,8 @@ class ROIDownsampler(nn.Module):
         background = self.temporal.hold_background(background, state.prev_background, p["bg_hold"], p["hold_threshold"])
 
         out = (background + soft * (sharp - background)).clamp(0, 1)
-        new_state = DownsamplerState(base, soft, background, ema, roi_half)
+        new_state = DownsamplerState(prev_base=base, prev_mask=soft, prev_background=background, feature_ema=ema,
+                                     stats_ema=stats, prev_roi=roi_half)
         return out, soft, params, new_state
 
     def forward(self, frames, masks, state: Optional[DownsamplerState] = None) -> DownsamplerOutput:
@@ -441,8 +467,11 @@ def load_model(path, expected_scale: Optional[int] = None) -> tuple[ROIDownsampl
                         f"{expected_scale}; pass --scale_factor {ckpt['scale_factor']} or a x{expected_scale} checkpoint")
     known = DownsamplerConfig.__dataclass_fields__
     model = ROIDownsampler(DownsamplerConfig(**{k: v for k, v in ckpt["config"].items() if k in known}))
+    weights = {k: v for k, v in ckpt["model"].items() if k not in ("analyzer.low", "analyzer.high")}  # v1 saved them
+    if ckpt.get("format_version", 0) < 2:  # v1 had no background gate: keep it open (as v1 behaved)
+        weights.update({k: v for k, v in model.state_dict().items() if k.startswith("analyzer.gate.")})
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(weights)
     except RuntimeError as e:
         raise UserError(f"{path}: weights do not fit this network ({str(e).splitlines()[0]})") from None
     return model.eval(), ckpt

