@@ -79,6 +79,8 @@ def calibration_clips(dataset_path, s: int, length: int, cache_dir: Path, seed: 
                 clips.append(CalibrationClip(f"{seq.name}@{start}/shaken+exact", sf, sm))
                 clips.append(CalibrationClip(f"{seq.name}@{start}/shaken+motion", sf, _motion_masks(sf)))
             clips.append(CalibrationClip(f"{seq.name}@{start}/motion", frames, _motion_masks(frames)))
+            soft = [cv2.GaussianBlur(f, (0, 0), 1.5) for f in frames]  # upscaled / clean footage
+            clips.append(CalibrationClip(f"{seq.name}@{start}/soft+motion", soft, _motion_masks(soft)))
     if not clips:
         raise UserError(f"--dataset_path {dataset_path}: no sequence of {length} frames to calibrate on")
     return clips

@@ -52,7 +52,7 @@ class DownsamplerConfig:
     analyser_channels: int = 16   # hidden width of the sequence analyser
     analyser_size: int = 32       # analyser looks at frames pooled to analyser_size^2
     param_momentum: float = 0.8   # EMA of analyser features over time (clip-level summary)
-    gate_momentum: float = 0.95   # slower EMA for the background gate: a clip-level decision, not a per-frame one
+    gate_momentum: float = 0.99   # slower EMA for the background gate: a clip-level decision, not a per-frame one
 
 
 @dataclass
@@ -63,6 +63,7 @@ class DownsamplerState:
     prev_background: Optional[torch.Tensor] = None
     feature_ema: Optional[torch.Tensor] = None
     stats_ema: Optional[torch.Tensor] = None  # slow average of the four clip statistics (the gate's input)
+    frames_seen: int = 0
     prev_roi: Optional[torch.Tensor] = None  # input ROI at half output resolution
 
 
@@ -219,8 +220,12 @@ class SequenceAnalyzer(nn.Module):
                 else (mask - state.prev_roi).abs().mean((1, 2, 3)))
         f = self.frame_features(image, mask, change, jump)
         ema = f if state.feature_ema is None else self.momentum * state.feature_ema + (1 - self.momentum) * f
-        stats = f[:, -4:] if state.stats_ema is None else (
-            self.gate_momentum * state.stats_ema + (1 - self.gate_momentum) * f[:, -4:])
+        seen = f[:, -4:]
+        if state.prev_roi is None:  # how much the ROI jumps is unknown yet: assume the worst (all of it)
+            seen = torch.cat([seen[:, :3], seen[:, :1]], 1)
+        # running mean over the first frames, then a slow EMA: the gate decides once, early, per clip
+        m = min(self.gate_momentum, state.frames_seen / (state.frames_seen + 1))
+        stats = seen if state.stats_ema is None else m * state.stats_ema + (1 - m) * seen
         u = torch.cat([torch.sigmoid(self.head(ema)), torch.sigmoid(self.gate(self.gate_features(stats)))], 1)
         return self.low + (self.high - self.low) * u, ema, stats
 
@@ -376,7 +381,7 @@ class ROIDownsampler(nn.Module):
 
         out = (background + soft * (sharp - background)).clamp(0, 1)
         new_state = DownsamplerState(prev_base=base, prev_mask=soft, prev_background=background, feature_ema=ema,
-                                     stats_ema=stats, prev_roi=roi_half)
+                                     stats_ema=stats, prev_roi=roi_half, frames_seen=state.frames_seen + 1)
         return out, soft, params, new_state
 
     def forward(self, frames, masks, state: Optional[DownsamplerState] = None) -> DownsamplerOutput:
