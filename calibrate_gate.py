@@ -3,10 +3,10 @@
 Gradient training optimises differentiable stand-ins for the encoder's cost. They cannot see that
 x264 pays for a jittery sharp/blurred boundary in every P-frame, or that it moves bits away from
 the ROI once the background is flat -- so the analyser learns to simplify everywhere. This step
-asks x264 itself. On calibration clips built from the training data (exact masks, jittered masks,
-motion masks, simulated camera shake) it encodes the model's output with the gate open and with
-it closed (closed = area background) at five CRFs, takes the BD-rate between the two (bytes at
-equal ROI-PSNR), and fits the gate -- a logistic function of four log clip statistics (ROI area,
+asks x264 itself. On calibration clips built from the training data (exact, jittered and motion
+masks, simulated camera shake, softened footage) it encodes the model's output with the gate open
+and with it closed (closed = area background) at five CRFs, takes the BD-rate between the two
+(bytes at equal ROI-PSNR), and fits the gate -- a logistic function of four log clip statistics (ROI area,
 motion, texture, ROI jump) -- to predict when opening it saves bytes, weighting each clip by how
 much is at stake. `bash train.sh` runs it after training.
 
@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import metrics
 from data import discover, jitter_masks
-from roi_downsampler import PARAM_NAMES, frames_to_tensor, load_model, save_checkpoint, read_checkpoint
+from roi_downsampler import frames_to_tensor, load_model, read_checkpoint, save_checkpoint
 from roi_sources import MotionSource, read_mask_file
 from video_io import UserError, crop_to_multiple, encode_h264_bytes, plain_warnings, read_image_rgb
 
