@@ -96,7 +96,8 @@ def run_with_gate(model, clip: CalibrationClip, gate: float | None):
     try:
         frames = frames_to_tensor(np.stack(clip.frames))[None]
         masks = torch.from_numpy(np.stack(clip.masks).astype(np.float32))[None, :, None]
-        out, feats, state = [], [], None
+        out, feats = [], []
+        state = model.prime(frames[:, :model.cfg.gate_lookahead], masks[:, :model.cfg.gate_lookahead])
         for t in range(frames.shape[1]):  # frame by frame, to read the analyser's running summary
             o, _, _, state = model.step(frames[:, t], masks[:, t], state)
             out.append(o)

@@ -55,7 +55,10 @@ def blur_heuristic(frames, masks, s, sigma: float = 2.0, feather: int = 7):
 def run_model(model, frames, masks, chunk: int = 8):
     """The network, streaming in chunks with the temporal state carried."""
     from roi_downsampler import frames_to_tensor, tensor_to_frames
-    out, state = [], None
+    k = model.cfg.gate_lookahead  # the gate looks at the first frames first, as inference does
+    state = model.prime(frames_to_tensor(np.stack(frames[:k]))[None],
+                        torch.from_numpy(np.stack(masks[:k]).astype(np.float32))[None, :, None])
+    out = []
     for i in range(0, len(frames), chunk):
         f = frames_to_tensor(np.stack(frames[i:i + chunk]))[None]
         m = torch.from_numpy(np.stack(masks[i:i + chunk]).astype(np.float32))[None, :, None]

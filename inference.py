@@ -151,6 +151,7 @@ def run_sequence(model, args, seq_path: Path, out_dir: Path, device, roi_factory
     video = H264Writer(out_dir / "video.mp4", reader.info.fps, args.crf)
     writer = BackgroundWriter()
     chunk_frames, chunk_masks = [], []
+    lookahead = model.cfg.gate_lookahead  # the first call gets at least this many frames (prime())
 
     def write_frame(i, img, soft, frame=None, mask=None):
         write_png(out_dir / "frames" / frame_name(i), img)
@@ -164,6 +165,9 @@ def run_sequence(model, args, seq_path: Path, out_dir: Path, device, roi_factory
         with timed(seconds, "downsample"), torch.no_grad():
             frames = frames_to_tensor(np.stack(chunk_frames))[None].to(device)
             masks = torch.from_numpy(np.stack(chunk_masks))[None, :, None].to(device)
+            if state is None:  # the background gate looks at the first frames before deciding
+                k = model.cfg.gate_lookahead
+                state = model.prime(frames[:, :k], masks[:, :k])
             out = model(frames, masks, state)
             state = out.state
             images = list(tensor_to_frames(out.frames[0]))
@@ -189,7 +193,7 @@ def run_sequence(model, args, seq_path: Path, out_dir: Path, device, roi_factory
                 with timed(seconds, "segment"):
                     mask = source.mask(frame).astype(np.float32)
                 chunk_frames.append(frame), chunk_masks.append(mask)
-                if len(chunk_frames) == args.batch_size:
+                if len(chunk_frames) >= max(args.batch_size, lookahead if state is None else 0):
                     flush()
                 bar.update()
             if chunk_frames:

@@ -53,6 +53,7 @@ class DownsamplerConfig:
     analyser_size: int = 32       # analyser looks at frames pooled to analyser_size^2
     param_momentum: float = 0.8   # EMA of analyser features over time (clip-level summary)
     gate_momentum: float = 0.99   # slower EMA for the background gate: a clip-level decision, not a per-frame one
+    gate_lookahead: int = 8       # frames the gate looks at before the first output frame (see prime())
 
 
 @dataclass
@@ -383,6 +384,19 @@ class ROIDownsampler(nn.Module):
         new_state = DownsamplerState(prev_base=base, prev_mask=soft, prev_background=background, feature_ema=ema,
                                      stats_ema=stats, prev_roi=roi_half, frames_seen=state.frames_seen + 1)
         return out, soft, params, new_state
+
+    @torch.no_grad()
+    def prime(self, frames, masks) -> DownsamplerState:
+        """A start state whose gate statistics already summarise the first frames (B,T,...).
+
+        The background gate decides once per clip; deciding at frame 0 from one frame is a guess,
+        and a wrong guess on the intra frame costs a second near-intra update when it flips a few
+        frames later. Inference and evaluation prime on the first ``gate_lookahead`` frames (a
+        latency of that many frames); everything else starts fresh."""
+        state = None
+        for t in range(min(frames.shape[1], self.cfg.gate_lookahead)):
+            _, _, _, state = self.step(frames[:, t], masks[:, t], state)
+        return DownsamplerState(stats_ema=state.stats_ema, frames_seen=state.frames_seen)
 
     def forward(self, frames, masks, state: Optional[DownsamplerState] = None) -> DownsamplerOutput:
         if frames.dim() != 5 or masks.dim() != 5:

@@ -132,3 +132,20 @@ def test_fast_pooling_ops_equal_torch_reference(shape):
     for s in (2, 4):
         assert torch.equal(block_max(x, s), F.max_pool2d(x, s, ceil_mode=True))
         assert torch.allclose(area_pool(x, s), F.avg_pool2d(x, s, ceil_mode=True), atol=1e-6)
+
+
+def test_primed_gate_decides_the_first_frame_from_the_first_frames():
+    """prime(): the gate's first decision uses what the first frames show (here: everything
+    moves, which this gate is set to answer with 'closed'), instead of a one-frame guess."""
+    model = ROIDownsampler(DownsamplerConfig(scale_factor=2)).eval()
+    with torch.no_grad():
+        model.analyzer.gate.weight.copy_(torch.tensor([[0.0, -20.0, 0.0, 0.0]]))  # motion closes it
+        model.analyzer.gate.bias.fill_(20 * -4.0)  # open while log(motion) < -4 (motion < ~0.02)
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(1, 8, 3, 32, 48, generator=g)  # every frame different: strong motion
+    masks = torch.zeros(1, 8, 1, 32, 48)
+    gate = PARAM_NAMES.index("bg_gate")
+    with torch.no_grad():
+        cold = model(frames, masks).params[0, 0, gate]
+        primed = model(frames, masks, model.prime(frames, masks)).params[0, 0, gate]
+    assert cold > 0.99 and primed < 0.01
