@@ -57,4 +57,7 @@ def test_calibration_writes_a_loadable_checkpoint_and_keeps_the_input(tmp_path, 
     report = ckpt["gate_calibration"]
     assert len(report["clips"]) == 2 * 6 and ckpt["train_args"] == {"epochs": 1}
     assert not torch.equal(model.analyzer.gate.weight, torch.zeros(1, 4))
+    chosen, scores = report["mask_memory_bias"], report["mask_memory_scores"]
+    assert set(scores) >= {-2.0, -4.0, -8.0} and scores[chosen] == min(scores.values())
+    assert float(model.temporal.gate.bias) == pytest.approx(chosen)
     assert "bg_gate" in PARAM_NAMES
