@@ -134,7 +134,7 @@ def choose_mask_memory(model, clips, s, closed) -> tuple[float, dict]:
     the background is simplified. Scored on the clips where simplifying pays with the trained
     memory (elsewhere the gate closes and the mask no longer matters). Returns the chosen bias
     and the mean BD-rate of each option."""
-    trained = float(model.temporal.gate.bias)
+    trained = float(model.temporal.gate.bias.detach())
     scores, judged = {}, None  # judged: the clips where simplifying pays, i.e. where the memory matters
     for bias in dict.fromkeys((trained,) + MASK_MEMORY_BIASES):  # in order, without repeats
         model.temporal.gate.bias.fill_(bias)
