@@ -352,16 +352,7 @@ class ROIDownsampler(nn.Module):
         Sizes that are not multiples of s are cropped bottom/right (output floor(H/s) x floor(W/s)).
         """
         state = state or DownsamplerState()
-        s = self.cfg.scale_factor
-        H, W = frame.shape[-2:]
-        frame, mask = frame[..., : H - H % s, : W - W % s], mask[..., : H - H % s, : W - W % s]
-        base = area_pool(frame, s)                      # the area downscale
-        half = area_pool(base, 2)                       # analysis / mask-halo resolution
-        roi = block_max(mask, s)                        # max, not mean: small objects survive
-        change = (torch.zeros_like(half[:, :1]) if state.prev_base is None
-                  else self.temporal.change_map(base, state.prev_base))
-
-        roi_half = block_max(roi, 2)
+        frame, mask, base, half, roi, roi_half, change = self._analyse(frame, mask, state)
         params, ema, stats = self.analyzer(half, roi_half, change, state)
         params = self.effective(params)
         p = dict(zip(PARAM_NAMES, params.unbind(1)))
@@ -385,6 +376,20 @@ class ROIDownsampler(nn.Module):
                                      stats_ema=stats, prev_roi=roi_half, frames_seen=state.frames_seen + 1)
         return out, soft, params, new_state
 
+    def _analyse(self, frame, mask, state: DownsamplerState):
+        """Crop to a multiple of s (bottom/right) and compute what both the analyser and the
+        rest of step() need: area downscale, its half, the ROI at output and half resolution,
+        and the change since the previous frame."""
+        s = self.cfg.scale_factor
+        H, W = frame.shape[-2:]
+        frame, mask = frame[..., : H - H % s, : W - W % s], mask[..., : H - H % s, : W - W % s]
+        base = area_pool(frame, s)                      # the area downscale
+        half = area_pool(base, 2)                       # analysis / mask-halo resolution
+        roi = block_max(mask, s)                        # max, not mean: small objects survive
+        change = (torch.zeros_like(half[:, :1]) if state.prev_base is None
+                  else self.temporal.change_map(base, state.prev_base))
+        return frame, mask, base, half, roi, block_max(roi, 2), change
+
     @torch.no_grad()
     def prime(self, frames, masks) -> DownsamplerState:
         """A start state whose gate statistics already summarise the first frames (B,T,...).
@@ -393,9 +398,12 @@ class ROIDownsampler(nn.Module):
         and a wrong guess on the intra frame costs a second near-intra update when it flips a few
         frames later. Inference and evaluation prime on the first ``gate_lookahead`` frames (a
         latency of that many frames); everything else starts fresh."""
-        state = None
-        for t in range(min(frames.shape[1], self.cfg.gate_lookahead)):
-            _, _, _, state = self.step(frames[:, t], masks[:, t], state)
+        state = DownsamplerState()
+        for t in range(min(frames.shape[1], self.cfg.gate_lookahead)):  # the analyser's part of step() only
+            _, _, base, half, _, roi_half, change = self._analyse(frames[:, t], masks[:, t], state)
+            _, ema, stats = self.analyzer(half, roi_half, change, state)
+            state = DownsamplerState(prev_base=base, feature_ema=ema, stats_ema=stats, prev_roi=roi_half,
+                                     frames_seen=state.frames_seen + 1)
         return DownsamplerState(stats_ema=state.stats_ema, frames_seen=state.frames_seen)
 
     def forward(self, frames, masks, state: Optional[DownsamplerState] = None) -> DownsamplerOutput:

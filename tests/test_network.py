@@ -149,3 +149,15 @@ def test_primed_gate_decides_the_first_frame_from_the_first_frames():
         cold = model(frames, masks).params[0, 0, gate]
         primed = model(frames, masks, model.prime(frames, masks)).params[0, 0, gate]
     assert cold > 0.99 and primed < 0.01
+
+
+def test_prime_summarises_the_first_frames_exactly_as_step_does():
+    model = ROIDownsampler(DownsamplerConfig(scale_factor=2)).eval()
+    frames, masks = clip(t=6)
+    with torch.no_grad():
+        state = None
+        for t in range(6):
+            _, _, _, state = model.step(frames[:, t], masks[:, t], state)
+        primed = model.prime(frames, masks)
+    assert primed.frames_seen == 6 and torch.allclose(primed.stats_ema, state.stats_ema, atol=1e-6)
+    assert primed.prev_base is None and primed.feature_ema is None  # everything else starts fresh
