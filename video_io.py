@@ -221,6 +221,37 @@ def frame_name(index: int) -> str:
     return f"{index:05d}.png"
 
 
+class _H264Stream:
+    """A libx264 (yuv420p) stream in an open PyAV container: odd sizes are edge-padded to even,
+    and the H.264 payload (sum of packet sizes) is counted. threads=0 lets x264 choose."""
+
+    def __init__(self, container, fps: float, crf: int, preset: str, threads: int = 0):
+        self.container = container
+        self.stream = container.add_stream("libx264", rate=fractions.Fraction(fps).limit_denominator(1001))
+        self.stream.pix_fmt = "yuv420p"
+        self.stream.codec_context.thread_count = threads
+        self.stream.options = {"crf": str(int(crf)), "preset": preset}
+        self.frames = self.payload = 0
+
+    def write(self, rgb: np.ndarray) -> None:
+        import av
+        h, w = rgb.shape[:2]
+        if h % 2 or w % 2:
+            rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        if self.frames == 0:
+            self.stream.width, self.stream.height = rgb.shape[1], rgb.shape[0]
+        self._mux(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"))
+        self.frames += 1
+
+    def flush(self) -> None:
+        self._mux(None)
+
+    def _mux(self, frame) -> None:
+        for packet in self.stream.encode(frame):
+            self.payload += packet.size
+            self.container.mux(packet)
+
+
 class H264Writer:
     """Stream RGB frames into an H.264 (libx264, yuv420p) mp4 at a given CRF and fps.
 
@@ -234,28 +265,14 @@ class H264Writer:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         self.container = av.open(str(self.tmp), mode="w")
-        rate = fractions.Fraction(fps).limit_denominator(1001)
-        self.stream = self.container.add_stream("libx264", rate=rate)
-        self.stream.pix_fmt = "yuv420p"
-        self.stream.options = {"crf": str(int(crf)), "preset": preset}
-        self.frames = 0
+        self.encoder = _H264Stream(self.container, fps, crf, preset)
 
     def write(self, rgb: np.ndarray) -> None:
-        import av
-        h, w = rgb.shape[:2]
-        if h % 2 or w % 2:
-            rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-        if self.frames == 0:
-            self.stream.width, self.stream.height = rgb.shape[1], rgb.shape[0]
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        for packet in self.stream.encode(frame):
-            self.container.mux(packet)
-        self.frames += 1
+        self.encoder.write(rgb)
 
     def close(self) -> int:
         """Flush, move into place, return the size in bytes."""
-        for packet in self.stream.encode():
-            self.container.mux(packet)
+        self.encoder.flush()
         self.container.close()
         os.replace(self.tmp, self.path)
         return self.path.stat().st_size
@@ -280,19 +297,11 @@ def encode_h264_bytes(frames, fps: float, crf: int, preset: str = "medium") -> t
     h, w = frames[0].shape[:2]
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fractions.Fraction(fps).limit_denominator(1001))
-        stream.pix_fmt = "yuv420p"
-        stream.width, stream.height = w + w % 2, h + h % 2
-        stream.codec_context.thread_count = 1
-        stream.options = {"crf": str(int(crf)), "preset": preset}
-        size = 0
-        for f in list(frames) + [None]:
-            if f is not None:
-                f = np.pad(f, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-                f = av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
-            for packet in stream.encode(f):
-                size += packet.size
-                container.mux(packet)
+        encoder = _H264Stream(container, fps, crf, preset, threads=1)
+        for f in frames:
+            encoder.write(f)
+        encoder.flush()
+        size = encoder.payload
     buffer.seek(0)
     with av.open(buffer, format="mp4") as c:
         decoded = [f.to_ndarray(format="rgb24")[:h, :w] for f in c.decode(video=0)]
