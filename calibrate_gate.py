@@ -24,11 +24,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import evaluate
 import metrics
 from data import discover, jitter_masks
-from roi_downsampler import frames_to_tensor, load_model, read_checkpoint, save_checkpoint
+from roi_downsampler import frames_to_tensor, load_model, masks_to_tensor, save_checkpoint, tensor_to_frames
 from roi_sources import MotionSource, read_mask_file
-from video_io import UserError, crop_to_multiple, encode_h264_bytes, plain_warnings, read_image_rgb
+from video_io import UserError, crop_to_multiple, plain_warnings, read_image_rgb
 
 CRFS = (18, 23, 28, 33, 38)
 # A half-open gate costs more than either extreme (measured with --background_strength 0.5: worse
@@ -97,29 +98,28 @@ def run_with_gate(model, clip: CalibrationClip, gate: float | None):
         model.analyzer.gate.bias.fill_(30.0 if gate else -30.0)
     try:
         frames = frames_to_tensor(np.stack(clip.frames))[None]
-        masks = torch.from_numpy(np.stack(clip.masks).astype(np.float32))[None, :, None]
+        masks = masks_to_tensor(np.stack(clip.masks))[None]
         out, feats = [], []
-        state = model.prime(frames[:, :model.cfg.gate_lookahead], masks[:, :model.cfg.gate_lookahead])
+        state = model.prime(frames, masks)
         for t in range(frames.shape[1]):  # frame by frame, to read the analyser's running summary
             o, _, _, state = model.step(frames[:, t], masks[:, t], state)
             out.append(o)
             feats.append(model.analyzer.gate_features(state.stats_ema)[0])
-        images = (torch.cat(out).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-        return list(images), torch.stack(feats)
+        return list(tensor_to_frames(torch.cat(out))), torch.stack(feats)
     finally:
         model.analyzer.gate.bias.copy_(saved[0])
         model.analyzer.gate.weight.copy_(saved[1])
 
 
 def rd_curve(out, clip: CalibrationClip, s: int):
-    """(bytes, ROI-PSNR against area) at every CRF, or None when the clip has no ROI."""
-    ref = np.stack([cv2.resize(f, (f.shape[1] // s, f.shape[0] // s), interpolation=cv2.INTER_AREA) for f in clip.frames])
-    roi = np.stack([cv2.resize(m, (m.shape[1] // s, m.shape[0] // s), interpolation=cv2.INTER_AREA) for m in clip.masks]) > 0
+    """(bytes, ROI-PSNR against area) at every CRF, measured as evaluate.py does, or None when
+    the clip has no ROI."""
+    roi = evaluate.roi_at_output(clip.masks, s)
     if not roi.any():
         return None
-    roi = np.repeat(roi[..., None], 3, -1)
-    rd = [encode_h264_bytes(out, 25, crf) for crf in CRFS]
-    return [b for b, _ in rd], [metrics.masked_psnr(np.stack(d), ref, roi) for _, d in rd]
+    ref = np.stack(evaluate.resize_all(clip.frames, s, cv2.INTER_AREA))
+    points = [evaluate.rd_point(out, ref, roi, crf, 25.0)[0] for crf in CRFS]
+    return [p["bytes"] for p in points], [p["roi_psnr"] for p in points]
 
 
 def verdict(closed, opened) -> float:
@@ -128,26 +128,25 @@ def verdict(closed, opened) -> float:
 
 
 @torch.no_grad()
-def choose_mask_memory(model, clips, s, closed) -> tuple[float, dict]:
+def choose_mask_memory(model, clips, s, closed) -> tuple[float, dict, dict]:
     """How long the soft mask outlives an object (the temporal mask gate's bias), by x264: the
     learned memory keeps a sharp, noisy trail behind moving objects, which costs bits wherever
     the background is simplified. Scored on the clips where simplifying pays with the trained
-    memory (elsewhere the gate closes and the mask no longer matters). Returns the chosen bias
-    and the mean BD-rate of each option."""
+    memory (elsewhere the gate closes and the mask no longer matters). Returns the chosen bias,
+    the mean BD-rate of each option, and the BD-rates measured with the chosen one (clip index ->
+    BD-rate), so they need not be measured again."""
     trained = float(model.temporal.gate.bias.detach())
-    scores, judged = {}, None  # judged: the clips where simplifying pays, i.e. where the memory matters
+    scores, measured, judged = {}, {}, range(len(clips))  # judged: where the memory matters
     for bias in dict.fromkeys((trained,) + MASK_MEMORY_BIASES):  # in order, without repeats
         model.temporal.gate.bias.fill_(bias)
-        subset = [(clip, c) for i, (clip, c) in enumerate(zip(clips, closed)) if judged is None or i in judged]
-        bds = [verdict(c, rd_curve(run_with_gate(model, clip, 1.0)[0], clip, s))
-               for clip, c in tqdm(subset, desc=f"mask memory, gate bias {bias:+.1f}", unit="clip")]
-        if judged is None:
-            judged = [i for i, bd in enumerate(bds) if bd < 0]
-            bds = [bds[i] for i in judged]
-        scores[bias] = float(np.mean(bds)) if bds else 0.0
+        measured[bias] = {i: verdict(closed[i], rd_curve(run_with_gate(model, clips[i], 1.0)[0], clips[i], s))
+                          for i in tqdm(judged, desc=f"mask memory, gate bias {bias:+.1f}", unit="clip")}
+        if bias == trained:
+            judged = [i for i, bd in measured[bias].items() if bd < 0]
+        scores[bias] = float(np.mean([measured[bias][i] for i in judged])) if judged else 0.0
     best = min(scores, key=scores.get)
     model.temporal.gate.bias.fill_(best)
-    return best, scores
+    return best, scores, measured[best]
 
 
 def fit_gate(features: torch.Tensor, bd: torch.Tensor, weight: torch.Tensor, l2: float = 0.05):
@@ -187,20 +186,19 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dataset = args.dataset_path or demo_data.training_set()
-    model, _ = load_model(args.checkpoint_path)
-    ckpt = read_checkpoint(args.checkpoint_path)
+    model, ckpt = load_model(args.checkpoint_path)
     s = model.scale_factor
     clips = calibration_clips(dataset, s, args.clip_length, demo_data.CACHE / "calibration")
-    closed = [rd_curve(run_with_gate(model, clip, 0.0)[0], clip, s)
-              for clip in tqdm(clips, desc="x264, gate closed", unit="clip")]
-    memory, memory_scores = choose_mask_memory(model, clips, s, closed)
+    closed, feats = [], []
+    for clip in tqdm(clips, desc="x264, gate closed", unit="clip"):
+        images, f = run_with_gate(model, clip, 0.0)  # the gate's inputs do not depend on the gate
+        closed.append(rd_curve(images, clip, s))
+        feats.append(f[len(f) // 4:])  # the running summary once it has settled
+    memory, memory_scores, known = choose_mask_memory(model, clips, s, closed)
     print("mask memory (temporal gate bias -> mean BD-rate of the open gate): "
           + ", ".join(f"{b:+.1f} -> {v:+.1f}%" for b, v in memory_scores.items()) + f"; chose {memory:+.1f}")
-    feats, bds = [], []
-    for clip, c in tqdm(list(zip(clips, closed)), desc="x264 verdicts", unit="clip"):
-        opened, f = run_with_gate(model, clip, 1.0)
-        bds.append(verdict(c, rd_curve(opened, clip, s)))
-        feats.append(f[len(f) // 4:])  # the running summary once it has settled
+    bds = [known[i] if i in known else verdict(c, rd_curve(run_with_gate(model, clip, 1.0)[0], clip, s))
+           for i, (clip, c) in enumerate(tqdm(list(zip(clips, closed)), desc="x264 verdicts", unit="clip"))]
     # every frame is a sample labelled with its clip's verdict; a clip weighs what is at stake (|BD|, capped)
     bd_rows = torch.cat([torch.full((len(f),), bd) for f, bd in zip(feats, bds)])
     w_rows = torch.cat([torch.full((len(f),), min(abs(bd), 40.0) / len(f)) for f, bd in zip(feats, bds)])

@@ -54,14 +54,13 @@ def blur_heuristic(frames, masks, s, sigma: float = 2.0, feather: int = 7):
 @torch.no_grad()
 def run_model(model, frames, masks, chunk: int = 8):
     """The network, streaming in chunks with the temporal state carried."""
-    from roi_downsampler import frames_to_tensor, tensor_to_frames
+    from roi_downsampler import frames_to_tensor, masks_to_tensor, tensor_to_frames
     k = model.cfg.gate_lookahead  # the gate looks at the first frames first, as inference does
-    state = model.prime(frames_to_tensor(np.stack(frames[:k]))[None],
-                        torch.from_numpy(np.stack(masks[:k]).astype(np.float32))[None, :, None])
+    state = model.prime(frames_to_tensor(np.stack(frames[:k]))[None], masks_to_tensor(np.stack(masks[:k]))[None])
     out = []
     for i in range(0, len(frames), chunk):
         f = frames_to_tensor(np.stack(frames[i:i + chunk]))[None]
-        m = torch.from_numpy(np.stack(masks[i:i + chunk]).astype(np.float32))[None, :, None]
+        m = masks_to_tensor(np.stack(masks[i:i + chunk]))[None]
         o = model(f, m, state)
         state = o.state
         out += list(tensor_to_frames(o.frames[0]))
@@ -92,6 +91,13 @@ def roi_at_output(masks, s):
     return np.repeat(roi[..., None], 3, -1)
 
 
+def rd_point(out, ref, roi, crf: int, fps: float, preset: str = "medium") -> tuple[dict, np.ndarray]:
+    """Encode one method's output at one CRF: its bytes and ROI-PSNR, and the decoded frames."""
+    size, decoded = encode_h264_bytes(out, fps, crf, preset)
+    d = np.stack(decoded)
+    return {"crf": crf, "bytes": size, "roi_psnr": metrics.masked_psnr(d, ref, roi)}, d
+
+
 def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=None, preset="medium", name="clip"):
     """All metrics for every method on one clip. frames: list of RGB uint8, masks: list of uint8 0/1."""
     ref = np.stack(resize_all(frames, s, cv2.INTER_AREA))
@@ -110,10 +116,8 @@ def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=
              "temporal_activity_bg": float(np.abs(np.diff(v.astype(np.float32), axis=0))[~roi[1:]].mean()),
              "warping_error_bg": metrics.warping_error(v, ref, ~roi), "rd": []}
         for crf in tqdm(crfs, desc=f"{name}: {method}", unit="crf", leave=False):
-            size, decoded = encode_h264_bytes(out, fps, crf, preset)
-            d = np.stack(decoded)
-            r["rd"].append({"crf": crf, "bytes": size, "roi_psnr": metrics.masked_psnr(d, ref, roi),
-                            "roi_ssim": metrics.masked_ssim(d, ref, roi[..., 0]),
+            point, d = rd_point(out, ref, roi, crf, fps, preset)
+            r["rd"].append({**point, "roi_ssim": metrics.masked_ssim(d, ref, roi[..., 0]),
                             "bg_psnr": metrics.masked_psnr(d, ref, ~roi)})
         results[method] = r
     if "area" in results:

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from roi_downsampler import (PARAM_NAMES, DownsamplerConfig, ROIDownsampler, default_checkpoint, frames_to_tensor,
-                             load_model, pick_device, tensor_to_frames)
+                             load_model, masks_to_tensor, pick_device, tensor_to_frames)
 from roi_sources import DEFAULT_ROI_CLASSES, DEFAULT_SEG_MODEL, make_roi_source
 from video_io import (H264Writer, FrameReader, UserError, atomic_write_bytes, crop_to_multiple, frame_name,
                       is_video_file, list_frame_files, plain_warnings, write_png)
@@ -164,10 +164,9 @@ def run_sequence(model, args, seq_path: Path, out_dir: Path, device, roi_factory
         nonlocal state, n, chunk_frames, chunk_masks
         with timed(seconds, "downsample"), torch.no_grad():
             frames = frames_to_tensor(np.stack(chunk_frames))[None].to(device)
-            masks = torch.from_numpy(np.stack(chunk_masks))[None, :, None].to(device)
+            masks = masks_to_tensor(np.stack(chunk_masks))[None].to(device)
             if state is None:  # the background gate looks at the first frames before deciding
-                k = model.cfg.gate_lookahead
-                state = model.prime(frames[:, :k], masks[:, :k])
+                state = model.prime(frames, masks)
             out = model(frames, masks, state)
             state = out.state
             images = list(tensor_to_frames(out.frames[0]))

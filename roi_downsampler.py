@@ -421,6 +421,11 @@ def frames_to_tensor(frames) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(frames)).movedim(-1, -3).float().div_(255)
 
 
+def masks_to_tensor(masks) -> torch.Tensor:
+    """ROI masks (..., H, W) with 1 = object (numpy, any dtype) -> float (..., 1, H, W), the network's input."""
+    return torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32)).unsqueeze(-3)
+
+
 def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
     """(..., C, h, w) in [0, 1] -> uint8 (..., h, w, C) numpy, rounded as it is written to disk."""
     return np.ascontiguousarray(x.detach().clamp(0, 1).mul(255).round().byte().movedim(-3, -1).cpu().numpy())
