@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from video_io import UserError
+from errors import UserError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP / BLIP preprocessing statistics
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -138,14 +138,14 @@ def area_reference(frames: torch.Tensor, s: int) -> torch.Tensor:
     return F.avg_pool2d(x, s).unflatten(0, (b, t))
 
 
-def roi_at_output(masks: torch.Tensor, s: int) -> torch.Tensor:
+def tensor_roi_at_output(masks: torch.Tensor, s: int) -> torch.Tensor:
     """Binary ROI at output resolution: any ROI pixel in the s x s cell counts."""
     b, t, c, h, w = masks.shape
     x = masks[..., : h - h % s, : w - w % s].flatten(0, 1)
     return (F.avg_pool2d(x, s) > 0).float().unflatten(0, (b, t))
 
 
-def ssim_map(x: torch.Tensor, y: torch.Tensor, k: int = 7) -> torch.Tensor:
+def tensor_ssim_map(x: torch.Tensor, y: torch.Tensor, k: int = 7) -> torch.Tensor:
     """Per-pixel SSIM (box window), images in [0,1], any leading dims flattened."""
     shape = x.shape
     x, y = x.reshape(-1, *shape[-3:]), y.reshape(-1, *shape[-3:])
@@ -171,7 +171,7 @@ def roi_loss(out, ref, roi):
 
     SSIM is taken with the background pasted from the reference, so that windows at the ROI
     border judge the object, not the (deliberately simplified) background next to it."""
-    ssim = ssim_map(out * roi + ref * (1 - roi), ref)
+    ssim = tensor_ssim_map(out * roi + ref * (1 - roi), ref)
     return masked_mean((out - ref).abs(), roi) + masked_mean(1 - ssim, roi)
 
 
@@ -250,7 +250,7 @@ class CombinedLoss(nn.Module):
 
     def forward(self, output, frames, masks):
         ref = area_reference(frames, self.s)
-        roi = roi_at_output(masks, self.s)
+        roi = tensor_roi_at_output(masks, self.s)
         parts = {
             "perceptual": perceptual_loss(list(self.encoders), frames, output.frames) if self.w.perceptual else None,
             "roi": roi_loss(output.frames, ref, roi),

@@ -24,12 +24,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-import evaluate
+import checkpoint
+import engine
 import metrics
 from data import discover, jitter_masks
-from roi_downsampler import frames_to_tensor, load_model, masks_to_tensor, save_checkpoint, tensor_to_frames
+from errors import UserError, run_cli
 from roi_sources import MotionSource, read_mask_file
-from video_io import UserError, crop_to_multiple, plain_warnings, read_image_rgb
+from video_io import crop_to_multiple, read_image_rgb
 
 CRFS = (18, 23, 28, 33, 38)
 # A half-open gate costs more than either extreme (measured with --background_strength 0.5: worse
@@ -91,21 +92,17 @@ def calibration_clips(dataset_path, s: int, length: int, cache_dir: Path, seed: 
 
 @torch.no_grad()
 def run_with_gate(model, clip: CalibrationClip, gate: float | None):
-    """Output frames and per-frame gate features; gate=None uses the model's own gate."""
+    """Output frames and the per-frame gate features; gate=None uses the model's own gate."""
     saved = model.analyzer.gate.bias.clone(), model.analyzer.gate.weight.clone()
     if gate is not None:
         model.analyzer.gate.weight.zero_()
         model.analyzer.gate.bias.fill_(30.0 if gate else -30.0)
     try:
-        frames = frames_to_tensor(np.stack(clip.frames))[None]
-        masks = masks_to_tensor(np.stack(clip.masks))[None]
         out, feats = [], []
-        state = model.prime(frames, masks)
-        for t in range(frames.shape[1]):  # frame by frame, to read the analyser's running summary
-            o, _, _, state = model.step(frames[:, t], masks[:, t], state)
-            out.append(o)
-            feats.append(model.analyzer.gate_features(state.stats_ema)[0])
-        return list(tensor_to_frames(torch.cat(out))), torch.stack(feats)
+        for chunk in engine.stream(model, zip(clip.frames, clip.masks)):
+            out.extend(chunk.images)
+            feats.append(chunk.gate_features)
+        return out, torch.cat(feats)
     finally:
         model.analyzer.gate.bias.copy_(saved[0])
         model.analyzer.gate.weight.copy_(saved[1])
@@ -114,11 +111,11 @@ def run_with_gate(model, clip: CalibrationClip, gate: float | None):
 def rd_curve(out, clip: CalibrationClip, s: int):
     """(bytes, ROI-PSNR against area) at every CRF, measured as evaluate.py does, or None when
     the clip has no ROI."""
-    roi = evaluate.roi_at_output(clip.masks, s)
+    roi = metrics.roi_at_output(clip.masks, s)
     if not roi.any():
         return None
-    ref = np.stack(evaluate.resize_all(clip.frames, s, cv2.INTER_AREA))
-    points = [evaluate.rd_point(out, ref, roi, crf, 25.0)[0] for crf in CRFS]
+    ref = np.stack(metrics.resize_all(clip.frames, s))
+    points = [metrics.rd_point(out, ref, roi, crf, 25.0)[0] for crf in CRFS]
     return [p["bytes"] for p in points], [p["roi_psnr"] for p in points]
 
 
@@ -186,7 +183,7 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dataset = args.dataset_path or demo_data.training_set()
-    model, ckpt = load_model(args.checkpoint_path)
+    model, ckpt = checkpoint.load_model(args.checkpoint_path)
     s = model.scale_factor
     clips = calibration_clips(dataset, s, args.clip_length, demo_data.CACHE / "calibration")
     closed, feats = [], []
@@ -215,23 +212,17 @@ def run(args) -> int:
         print(f"{clip.name:40s} {bd:+17.1f}% {g:6.2f}")
     agree = sum((r["gate"] > 0.5) == (r["bd_rate_open_vs_closed"] < 0) for r in rows)
     print(f"gate agrees with x264 on {agree}/{len(rows)} calibration clips")
-    extra = {k: v for k, v in ckpt.items() if k not in ("format", "format_version", "config", "scale_factor", "model")}
+    extra = {k: v for k, v in ckpt.items() if k not in checkpoint.FORMAT_KEYS}
     extra["gate_calibration"] = {"clips": rows, "agreement": agree / len(rows), "crfs": list(CRFS),
                                  "mask_memory_bias": memory, "mask_memory_scores": memory_scores}
     out = args.output_path or args.checkpoint_path
-    save_checkpoint(out, model, **extra)
+    checkpoint.save(out, model, **extra)
     print(f"wrote {out}")
     return 0
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    plain_warnings()
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(run, build_parser().parse_args(argv), "the checkpoint was not changed")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Training data: find sequences in a dataset folder, cache ROI masks once, sample random clips.
 
 Layouts of --dataset_path, detected in this order:
-1. DAVIS-2017: ``JPEGImages/480p/<seq>/*`` with ``Annotations/480p/<seq>/*.png`` (object masks used
-   as ROI ground truth; a sequence without annotations falls back to --roi_source);
+1. DAVIS (2016 or 2017): ``JPEGImages/480p/<seq>/*`` with ``Annotations/480p/<seq>/*.png`` (human
+   object masks: the ground truth the losses score; a sequence without annotations uses --roi_source);
 2. a folder of sequences, each a subfolder of frames;
 3. a folder of video files (decoded once into the run's cache);
 4. a single frame folder or video file (one sequence).
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -25,16 +24,16 @@ import torch
 from tqdm import tqdm
 
 from roi_sources import read_mask_file
-from video_io import (FrameReader, UserError, frame_name, is_video_file, list_frame_files, read_image_rgb,
-                      write_png)
+from video_io import FrameReader, frame_name, is_video_file, list_frame_files, read_image_rgb, write_png
+from errors import UserError, warn
 
 
 @dataclass
 class Sequence:
     name: str
     frames: list[Path]
-    masks: Optional[list[Path]] = None  # ground-truth or cached masks, one per frame
-    roi_source: str = ""                # what the masks came from
+    masks: Optional[list[Path]] = None      # annotations (ground truth), one per frame
+    roi_masks: Optional[list[Path]] = None  # what the network sees (cached detector masks); None = masks
 
 
 @dataclass
@@ -65,6 +64,28 @@ def _video_to_frames(video: Path, cache: Path) -> Path:
     return out
 
 
+def check_frames(frames: list[Path]) -> None:
+    """Every frame decodes and has the first frame's size (a bad frame in the middle of a
+    sequence would otherwise stop training hours later, inside a data-loader worker)."""
+    size = None
+    for f in frames:
+        data = np.fromfile(str(f), dtype=np.uint8)
+        img = cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_8) if data.size else None
+        if img is None:
+            raise UserError(f"frame {f.name} cannot be decoded")
+        full = read_image_size(f)
+        if size is not None and full != size:
+            raise UserError(f"frame {f.name} is {full[1]}x{full[0]}, the first is {size[1]}x{size[0]}")
+        size = full
+
+
+def read_image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image from its header."""
+    from PIL import Image
+    with Image.open(path) as im:
+        return im.size[1], im.size[0]
+
+
 def discover(dataset_path, cache_dir: Path) -> Discovery:
     """Find the sequences of a dataset folder; bad ones are reported by name and skipped."""
     root = Path(dataset_path)
@@ -89,14 +110,14 @@ def discover(dataset_path, cache_dir: Path) -> Discovery:
             frames = list_frame_files(path)
             if len(frames) < 2:
                 raise UserError("fewer than 2 frames")
-            read_image_rgb(frames[0])
+            check_frames(frames)
             if masks is not None and len(masks) != len(frames):
                 raise UserError(f"{len(masks)} masks for {len(frames)} frames")
-            result.sequences.append(Sequence(name, frames, masks, "masks" if masks else ""))
+            result.sequences.append(Sequence(name, frames, masks))
         except UserError as e:
             result.skipped.append(f"{name}: {e}")
     for s in result.skipped:
-        warnings.warn(f"skipping sequence {s}")
+        warn(f"skipping sequence {s}")
     if not result.sequences:
         raise UserError(f"--dataset_path {root}: no usable sequence found ({layout} layout, "
                         f"{len(result.skipped)} skipped); it needs subfolders of frames, video files, "
@@ -130,14 +151,12 @@ def source_key(description: dict) -> str:
 
 
 def cache_masks(seq: Sequence, make_source: Callable, key: str, cache_dir: Path) -> Sequence:
-    """Compute ROI masks for every frame once and keep them on disk.
+    """Compute the network's input ROI masks (``roi_masks``) for every frame once, keep them on disk.
 
     The cache file of a frame is named by a hash of the frame's bytes and the source `key`
     (model file, classes, thresholds), so a changed frame or model recomputes, nothing else does.
     Sources with memory (motion) see the whole sequence in order whenever anything is missing.
     """
-    if seq.masks is not None:
-        return seq
     folder = cache_dir / key / seq.name
     names = [hashlib.sha1(f.read_bytes()).hexdigest()[:16] + ".png" for f in seq.frames]
     paths = [folder / n for n in names]
@@ -148,7 +167,7 @@ def cache_masks(seq: Sequence, make_source: Callable, key: str, cache_dir: Path)
             if p.exists() and not stateful:
                 continue  # cached, and a stateless source need not see this frame
             write_png(p, (source.mask(read_image_rgb(f)) > 0.5).astype(np.uint8) * 255)
-    return Sequence(seq.name, seq.frames, paths, seq.roi_source or key)
+    return Sequence(seq.name, seq.frames, seq.masks, paths)
 
 
 # ------------------------------------------------------------------------------- sampling
@@ -171,19 +190,23 @@ def jitter_masks(masks: np.ndarray, rng) -> np.ndarray:
 
 class ClipDataset(torch.utils.data.Dataset):
     """Random T-frame clips with random crops and flips (train), or fixed clips (validation:
-    the first T frames, centre crop, or the whole frame when crop_size is 0)."""
+    the first T frames, centre crop, or the whole frame when crop_size is 0).
+
+    A sample is (frames, input masks, scoring masks): the network sees the detector's masks
+    (``roi_masks``) where they exist; the losses score the annotation united with them, so a
+    missed or ragged detector mask costs what it costs the user. Without a detector both are the
+    annotation, and the input is jittered half the time to look like a detector's."""
 
     def __init__(self, sequences: list[Sequence], clip_length: int, crop_size: int, scale: int,
-                 samples_per_epoch: int, seed: int = 0, train: bool = True, mask_jitter: bool = True):
+                 samples_per_epoch: int, seed: int = 0, train: bool = True):
         self.seqs, self.scale = sequences, scale
         self.T = min([clip_length] + [len(s.frames) for s in sequences])
         sizes = [read_image_rgb(s.frames[0]).shape[:2] for s in sequences]
         crop = min([crop_size] + [min(hw) for hw in sizes])  # one crop size: batches must stack
         self.crop = crop - crop % (2 * scale) if crop_size else 0  # 0: whole frames (validation)
         self.n, self.seed, self.train, self.epoch = samples_per_epoch, seed, train, 0
-        self.mask_jitter = mask_jitter
         for s in sequences:
-            if s.masks is None:
+            if s.masks is None and s.roi_masks is None:
                 raise ValueError(f"sequence {s.name} has no masks; call cache_masks first")
 
     def __len__(self):
@@ -195,17 +218,19 @@ class ClipDataset(torch.utils.data.Dataset):
         T = self.T
         start = int(rng.integers(len(seq.frames) - T + 1)) if self.train else 0
         frames = np.stack([read_image_rgb(f) for f in seq.frames[start:start + T]])
-        masks = np.stack([read_mask_file(m) for m in seq.masks[start:start + T]])
+        given = np.stack([read_mask_file(m) for m in (seq.roi_masks or seq.masks)[start:start + T]])
+        scored = given if seq.masks is None or seq.roi_masks is None else \
+            np.maximum(given, np.stack([read_mask_file(m) for m in seq.masks[start:start + T]]))
         h, w = frames.shape[1:3]
         m = 2 * self.scale
         ch, cw = (self.crop, self.crop) if self.crop else (h - h % m, w - w % m)
         y = int(rng.integers(h - ch + 1)) if self.train else (h - ch) // 2
         x = int(rng.integers(w - cw + 1)) if self.train else (w - cw) // 2
-        frames, masks = frames[:, y:y + ch, x:x + cw], masks[:, y:y + ch, x:x + cw]
+        frames, given, scored = (a[:, y:y + ch, x:x + cw] for a in (frames, given, scored))
         if self.train and rng.random() < 0.5:
-            frames, masks = frames[:, :, ::-1], masks[:, :, ::-1]
-        if self.train and self.mask_jitter and rng.random() < 0.5:
-            masks = jitter_masks(masks, rng)
+            frames, given, scored = frames[:, :, ::-1], given[:, :, ::-1], scored[:, :, ::-1]
+        if self.train and seq.roi_masks is None and rng.random() < 0.5:
+            given = jitter_masks(given, rng)
         f = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255
-        m = torch.from_numpy(np.ascontiguousarray(masks))[:, None].float()
-        return f, m
+        m_in, m_score = (torch.from_numpy(np.ascontiguousarray(a))[:, None].float() for a in (given, scored))
+        return f, m_in, m_score

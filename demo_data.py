@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from video_io import FrameReader, UserError, frame_name, write_png
+from video_io import FrameReader, frame_name, write_png
+from errors import UserError
 
 REPO = Path(__file__).resolve().parent
 CACHE = REPO / ".cache"

@@ -23,8 +23,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import checkpoint
+import engine
 import metrics
-from video_io import FrameReader, UserError, atomic_write_bytes, crop_to_multiple, encode_h264_bytes, plain_warnings
+from video_io import FrameReader, atomic_write_bytes, crop_to_multiple, encode_h264_bytes
+from errors import UserError, run_cli
 
 DEFAULT_CRFS = (18, 23, 28, 33, 38)
 ALL_METHODS = ("model", "area", "bicubic", "lanczos", "blur_heuristic")
@@ -33,75 +36,35 @@ ALL_METHODS = ("model", "area", "bicubic", "lanczos", "blur_heuristic")
 # ----------------------------------------------------------------------------- methods
 
 
-def resize_all(frames, s, interp):
-    h, w = frames[0].shape[:2]
-    return [cv2.resize(f, (w // s, h // s), interpolation=interp) for f in frames]
-
-
 def blur_heuristic(frames, masks, s, sigma: float = 2.0, feather: int = 7):
     """Strong hand-made baseline: area downscale, Gaussian-blurred background, the same masks
     max-pooled to output size, dilated and feathered."""
     out = []
     for f, m in zip(frames, masks):
         small = cv2.resize(f, (f.shape[1] // s, f.shape[0] // s), interpolation=cv2.INTER_AREA)
-        core = block_max(m, s).astype(np.float32)  # every ROI pixel stays sharp; the feather goes outward
+        core = metrics.block_max(m, s).astype(np.float32)  # every ROI pixel stays sharp; the feather goes outward
         mk = np.maximum(core, cv2.GaussianBlur(cv2.dilate(core, np.ones((3, 3), np.uint8)), (feather, feather), 0))
         blurred = cv2.GaussianBlur(small, (0, 0), sigma).astype(np.float32)
         out.append((small * mk[..., None] + blurred * (1 - mk[..., None])).round().astype(np.uint8))
     return out
 
 
-@torch.no_grad()
-def run_model(model, frames, masks, chunk: int = 8):
-    """The network, streaming in chunks with the temporal state carried."""
-    from roi_downsampler import frames_to_tensor, masks_to_tensor, tensor_to_frames
-    k = model.cfg.gate_lookahead  # the gate looks at the first frames first, as inference does
-    state = model.prime(frames_to_tensor(np.stack(frames[:k]))[None], masks_to_tensor(np.stack(masks[:k]))[None])
-    out = []
-    for i in range(0, len(frames), chunk):
-        f = frames_to_tensor(np.stack(frames[i:i + chunk]))[None]
-        m = masks_to_tensor(np.stack(masks[i:i + chunk]))[None]
-        o = model(f, m, state)
-        state = o.state
-        out += list(tensor_to_frames(o.frames[0]))
-    return out
-
-
 def downscale(method, frames, masks, s, model=None):
     if method == "model":
-        return run_model(model, frames, masks)
+        return engine.downsample(model, frames, masks)
     if method == "blur_heuristic":
         return blur_heuristic(frames, masks, s)
     interp = {"area": cv2.INTER_AREA, "bicubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4}[method]
-    return resize_all(frames, s, interp)
+    return metrics.resize_all(frames, s, interp)
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 
-def block_max(mask: np.ndarray, s: int) -> np.ndarray:
-    """(H,W) -> (H/s,W/s): an output pixel is ROI if any input pixel of its s x s cell is."""
-    h, w = mask.shape[0] // s, mask.shape[1] // s
-    return mask[:h * s, :w * s].reshape(h, s, w, s).max((1, 3))
-
-
-def roi_at_output(masks, s):
-    """Binary ROI per output pixel, as (T,h,w,3) for the metrics."""
-    roi = np.stack([block_max(m, s) for m in masks]) > 0
-    return np.repeat(roi[..., None], 3, -1)
-
-
-def rd_point(out, ref, roi, crf: int, fps: float, preset: str = "medium") -> tuple[dict, np.ndarray]:
-    """Encode one method's output at one CRF: its bytes and ROI-PSNR, and the decoded frames."""
-    size, decoded = encode_h264_bytes(out, fps, crf, preset)
-    d = np.stack(decoded)
-    return {"crf": crf, "bytes": size, "roi_psnr": metrics.masked_psnr(d, ref, roi)}, d
-
-
 def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=None, preset="medium", name="clip"):
     """All metrics for every method on one clip. frames: list of RGB uint8, masks: list of uint8 0/1."""
-    ref = np.stack(resize_all(frames, s, cv2.INTER_AREA))
-    roi = roi_at_output(masks, s)
+    ref = np.stack(metrics.resize_all(frames, s))
+    roi = metrics.roi_at_output(masks, s)
     if not roi.any():
         raise UserError(f"{name}: the ROI masks are empty on every frame; ROI metrics need objects "
                         f"(check --masks_dir / --roi_source)")
@@ -116,7 +79,7 @@ def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=
              "temporal_activity_bg": float(np.abs(np.diff(v.astype(np.float32), axis=0))[~roi[1:]].mean()),
              "warping_error_bg": metrics.warping_error(v, ref, ~roi), "rd": []}
         for crf in tqdm(crfs, desc=f"{name}: {method}", unit="crf", leave=False):
-            point, d = rd_point(out, ref, roi, crf, fps, preset)
+            point, d = metrics.rd_point(out, ref, roi, crf, fps, preset)
             r["rd"].append({**point, "roi_ssim": metrics.masked_ssim(d, ref, roi[..., 0]),
                             "bg_psnr": metrics.masked_psnr(d, ref, ~roi)})
         results[method] = r
@@ -207,18 +170,11 @@ def build_parser():
 
 
 def main(argv=None) -> int:
-    plain_warnings()
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(run, build_parser().parse_args(argv), "nothing was written")
 
 
 def run(args) -> int:
     import demo_data
-    from roi_downsampler import default_checkpoint, load_model
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -231,8 +187,8 @@ def run(args) -> int:
         raise UserError(f"--crfs {args.crfs}: expected comma-separated integers like 18,23,28") from None
     model = None
     if "model" in methods:
-        ckpt = args.checkpoint_path or default_checkpoint(args.scale_factor)
-        model, _ = load_model(ckpt, expected_scale=args.scale_factor)
+        ckpt = args.checkpoint_path or checkpoint.default_path(args.scale_factor)
+        model, _ = checkpoint.load_model(ckpt, expected_scale=args.scale_factor)
         model.set_background_strength(args.background_strength)
     if args.suite:
         clips = demo_data.evaluation_clips()

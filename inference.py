@@ -3,76 +3,137 @@ the documented output contract out (see README "Output contract").
 
     python inference.py --input_dir clip.mp4 --output_dir output/clip --scale_factor 2
 
-Frames stream through read -> ROI mask -> network (temporal state carried) -> write, so memory
-stays flat whatever the length of the video.
+Frames stream through read -> ROI mask -> network (engine.stream, temporal state carried) ->
+write, so memory stays flat whatever the length of the video. The result is built in a hidden
+sibling folder and moved into place only when every sequence is done: OUTPUT_DIR holds a complete
+result or nothing new.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import queue
 import sys
 import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from functools import partial
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from roi_downsampler import (PARAM_NAMES, DownsamplerConfig, ROIDownsampler, default_checkpoint, frames_to_tensor,
-                             load_model, masks_to_tensor, pick_device, tensor_to_frames)
-from roi_sources import DEFAULT_ROI_CLASSES, DEFAULT_SEG_MODEL, make_roi_source
-from video_io import (H264Writer, FrameReader, UserError, atomic_write_bytes, crop_to_multiple, frame_name,
-                      is_video_file, list_frame_files, plain_warnings, write_png)
+import checkpoint
+import engine
+from errors import UserError, run_cli, warn
+from roi_downsampler import DownsamplerConfig, ROIDownsampler
+from roi_sources import RoiOptions, add_roi_args, make_roi_source, roi_options
+from video_io import (FrameReader, H264Writer, ResultFolder, atomic_write_bytes, crop_to_multiple, frame_name,
+                      is_video_file, list_frame_files, roi_rectangles, write_png)
 
 REPO = Path(__file__).resolve().parent
 
 
+@dataclass
+class InferenceConfig:
+    """Everything a run needs; the CLI flags map onto it one to one (see build_parser)."""
+    input_dir: Optional[str] = None       # None: the embedded demo clip
+    output_dir: str = "output/demo"
+    checkpoint_path: Optional[str] = None  # None: models/roi_downsampler_x{s}.pth
+    scale_factor: int = 2
+    debug: bool = False
+    roi: RoiOptions = field(default_factory=RoiOptions)
+    background_strength: float = 1.0
+    crf: int = 23
+    preset: str = "veryfast"
+    roi_qoffset: float = 0.0
+    compare_area: bool = True
+    device: str = "auto"
+    batch_size: int = 8
+    fps: Optional[float] = None
+    threads: Optional[int] = None
+    skip_bad_frames: bool = False
+    debug_every: int = 1
+
+
 def build_parser() -> argparse.ArgumentParser:
+    d = InferenceConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input_dir", default=None, help="folder of frames, a video file, or a folder of sequences "
                    "(default: the embedded demo clip)")
-    p.add_argument("--output_dir", default="output/demo", help="where frames/, masks/, video.mp4, report.json go")
+    p.add_argument("--output_dir", default=d.output_dir, help="where frames/, masks/, video.mp4, report.json go "
+                   "(a previous result there is replaced as a whole; other files there are an error)")
     p.add_argument("--checkpoint_path", default=None, help="trained .pth (default: models/roi_downsampler_x{s}.pth)")
-    p.add_argument("--seg_model_path", default=DEFAULT_SEG_MODEL, help="Ultralytics YOLO segmentation weights")
-    p.add_argument("--scale_factor", type=int, default=2, choices=[2, 4], help="downscale factor")
+    p.add_argument("--scale_factor", type=int, default=d.scale_factor, choices=[2, 4], help="downscale factor")
     p.add_argument("--debug", action="store_true", help="write debug/ side-by-sides and a parameter plot")
-    p.add_argument("--roi_source", default="auto", choices=["auto", "yolo", "motion", "masks"])
-    p.add_argument("--masks_dir", default=None, help="0/255 PNG masks named like the frames (--roi_source masks)")
-    p.add_argument("--roi_classes", default=DEFAULT_ROI_CLASSES, help="comma-separated COCO classes, or 'all'")
-    p.add_argument("--conf", type=float, default=0.25, help="YOLO confidence threshold")
-    p.add_argument("--seg_imgsz", type=int, default=640, help="YOLO inference size")
-    p.add_argument("--keyframe_interval", type=int, default=1, help="run YOLO every N frames, flow-warp masks between")
-    p.add_argument("--background_strength", type=float, default=1.0,
+    add_roi_args(p)
+    p.add_argument("--background_strength", type=float, default=d.background_strength,
                    help="scale the learned background simplification and hold: 1 = as trained, 0 = plain area "
                         "background (for moving cameras or jittery ROI masks)")
-    p.add_argument("--crf", type=int, default=23, help="x264 CRF of video.mp4 (0-51, lower = better)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, or auto")
-    p.add_argument("--batch_size", type=int, default=8, help="frames per network call (the result does not depend on it)")
+    p.add_argument("--crf", type=int, default=d.crf, help="x264 CRF of video.mp4 (0-51, lower = better)")
+    p.add_argument("--preset", default=d.preset, help="x264 preset of video.mp4 (ultrafast ... veryslow)")
+    p.add_argument("--roi_qoffset", type=float, default=d.roi_qoffset,
+                   help="x264 ROI quantiser offset on the objects' macroblocks in video.mp4 (-1..0; negative = "
+                        "more bits on objects; 0 = off)")
+    p.add_argument("--no_compare_area", dest="compare_area", action="store_false",
+                   help="skip the extra encode of plain area downscaling that report.json compares against")
+    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:0, or auto (CUDA when present)")
+    p.add_argument("--batch_size", type=int, default=d.batch_size,
+                   help="frames per network call (the result does not depend on it)")
     p.add_argument("--fps", type=float, default=None, help="frame rate of a frames folder (default 25)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)")
-    p.add_argument("--skip_bad_frames", action="store_true", help="skip unreadable frames with a warning")
-    p.add_argument("--debug_every", type=int, default=1, help="with --debug, write every Nth side-by-side")
+    p.add_argument("--skip_bad_frames", action="store_true",
+                   help="skip unreadable frames (and a truncated video's end) with a warning, recorded in report.json")
+    p.add_argument("--debug_every", type=int, default=d.debug_every, help="with --debug, write every Nth side-by-side")
     return p
 
 
-def load_downsampler(args) -> tuple[ROIDownsampler, str]:
+def config_from_args(args: argparse.Namespace) -> InferenceConfig:
+    values = {k: getattr(args, k) for k in InferenceConfig.__dataclass_fields__ if k != "roi"}
+    return InferenceConfig(roi=roi_options(args), **values)
+
+
+def check_config(cfg: InferenceConfig) -> None:
+    """Every flag that could only fail later, checked before anything is read or written."""
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1, got {cfg.batch_size}")
+    if not 0 <= cfg.crf <= 51:
+        raise UserError(f"--crf must be in 0..51, got {cfg.crf}")
+    if cfg.fps is not None and not (math.isfinite(cfg.fps) and cfg.fps > 0):
+        raise UserError(f"--fps must be a positive number of frames per second, got {cfg.fps}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {cfg.threads}")
+    if cfg.debug_every < 1:
+        raise UserError(f"--debug_every must be >= 1, got {cfg.debug_every}")
+    if not 0.0 <= cfg.background_strength <= 1.0:
+        raise UserError(f"--background_strength must be in [0, 1], got {cfg.background_strength}")
+    if not -1.0 <= cfg.roi_qoffset <= 1.0:
+        raise UserError(f"--roi_qoffset must be in [-1, 1], got {cfg.roi_qoffset}")
+    presets = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+    if cfg.preset not in presets:
+        raise UserError(f"--preset {cfg.preset}: choose one of {', '.join(presets)}")
+    if cfg.roi.keyframe_interval < 1:
+        raise UserError(f"--keyframe_interval must be >= 1, got {cfg.roi.keyframe_interval}")
+
+
+def load_downsampler(cfg: InferenceConfig) -> tuple[ROIDownsampler, str]:
     """The trained model, or (only when no path was given and none is shipped) the untrained one,
     which is exactly an area downscaler, with a loud warning."""
-    if args.checkpoint_path:
-        model, _ = load_model(args.checkpoint_path, expected_scale=args.scale_factor)
-        return model, str(args.checkpoint_path)
-    path = default_checkpoint(args.scale_factor)
+    if cfg.checkpoint_path:
+        model, _ = checkpoint.load_model(cfg.checkpoint_path, expected_scale=cfg.scale_factor)
+        return model, str(cfg.checkpoint_path)
+    path = checkpoint.default_path(cfg.scale_factor)
     if path.is_file():
-        model, _ = load_model(path, expected_scale=args.scale_factor)
+        model, _ = checkpoint.load_model(path, expected_scale=cfg.scale_factor)
         return model, str(path.relative_to(REPO))
-    print(f"WARNING: {path.relative_to(REPO)} not found: using the UNTRAINED network (equal to area "
-          f"downscaling); train one with `bash train.sh` or pass --checkpoint_path", file=sys.stderr)
-    return ROIDownsampler(DownsamplerConfig(scale_factor=args.scale_factor)).eval(), "untrained"
+    warn(f"{path.relative_to(REPO)} not found: using the UNTRAINED network (equal to area downscaling); "
+         f"train one with `bash train.sh` or pass --checkpoint_path")
+    return ROIDownsampler(DownsamplerConfig(scale_factor=cfg.scale_factor)).eval(), "untrained"
 
 
 def find_sequences(input_path: Path) -> list[tuple[str, Path]]:
@@ -82,17 +143,27 @@ def find_sequences(input_path: Path) -> list[tuple[str, Path]]:
     if input_path.is_dir():
         subs = sorted(p for p in input_path.iterdir() if not p.name.startswith(".") and
                       ((p.is_dir() and list_frame_files(p)) or is_video_file(p)))
+        names = {}
+        for p in subs:
+            name = p.stem if p.is_file() else p.name
+            if name in names:
+                raise UserError(f"{names[name]} and {p} would both be written to OUTPUT_DIR/{name}; "
+                                f"rename one of them")
+            names[name] = p
         if subs:
-            return [(p.stem if p.is_file() else p.name, p) for p in subs]
+            return [(name, p) for name, p in names.items()]
     return [("", input_path)]  # let FrameReader produce the precise error
 
 
-def check_output_dir(output_dir: Path, input_path: Path) -> None:
-    """Outputs never go into a frames folder (or over a video file) that is being read."""
+def check_no_overlap(output_dir: Path, input_path: Path) -> None:
+    """Outputs never go into, over, or around the input (resolved paths, symlinks followed)."""
     out, inp = output_dir.resolve(), input_path.resolve()
-    if out == inp or (inp.is_dir() and inp in out.parents):
+    if out == inp or inp in out.parents:
         raise UserError(f"--output_dir {output_dir} is inside the input {input_path}; inputs are never "
                         f"written to, choose another folder (e.g. output/run1)")
+    if out in inp.parents:
+        raise UserError(f"--input_dir {input_path} is inside --output_dir {output_dir}, which would be replaced; "
+                        f"choose another --output_dir (e.g. {output_dir}_x{2})")
 
 
 @contextmanager
@@ -137,138 +208,155 @@ class BackgroundWriter:
             raise self.error
 
 
-def run_sequence(model, args, seq_path: Path, out_dir: Path, device, roi_factory=None) -> dict:
-    """Stream one sequence through the pipeline and write the output contract to out_dir."""
-    import debug_viz
-    reader = FrameReader(seq_path, fps=args.fps, skip_bad=args.skip_bad_frames)
-    s = args.scale_factor
+class SequenceWriter:
+    """The output contract of one sequence: PNG frames and masks, video.mp4 (with x264 ROI offsets
+    on the objects' macroblocks when --roi_qoffset is set), plain area downscaling encoded the
+    same way for comparison, and debug side-by-sides."""
+
+    def __init__(self, out_dir: Path, fps: float, cfg: InferenceConfig):
+        self.out_dir, self.cfg = out_dir, cfg
+        self.video = H264Writer(out_dir / "video.mp4", fps, cfg.crf, cfg.preset)
+        self.area = H264Writer(out_dir / ".area.mp4", fps, cfg.crf, cfg.preset) if cfg.compare_area else None
+        self.rois: list = []
+
+    def write(self, i: int, img, soft, frame, mask, debug: bool):
+        import debug_viz
+        rects = roi_rectangles(soft >= 128) if self.cfg.roi_qoffset else []
+        self.rois.append(rects)
+        write_png(self.out_dir / "frames" / frame_name(i), img)
+        write_png(self.out_dir / "masks" / frame_name(i), soft)
+        self.video.write(img, rects, self.cfg.roi_qoffset)
+        if self.area is not None:
+            s = self.cfg.scale_factor
+            self.area.write(cv2.resize(frame, (frame.shape[1] // s, frame.shape[0] // s), interpolation=cv2.INTER_AREA))
+        if debug:
+            debug_viz.write_side_by_side(self.out_dir / "debug" / frame_name(i), frame, mask, soft, img)
+
+    def close(self) -> tuple[int, Optional[int]]:
+        """(video.mp4 bytes, area comparison bytes or None); the comparison file is removed."""
+        video_bytes = self.video.close()
+        if self.area is None:
+            return video_bytes, None
+        area_bytes = self.area.close()
+        (self.out_dir / ".area.mp4").unlink()
+        return video_bytes, area_bytes
+
+    def abort(self):
+        self.video.abort()
+        if self.area is not None:
+            self.area.abort()
+
+
+def read_frames(reader: FrameReader, source, s: int, seconds: dict, bar):
+    """(frame, mask) pairs: read, crop to a multiple of s, find the ROI; timed per stage."""
+    frames = iter(reader)
+    while True:
+        with timed(seconds, "read"):
+            frame = next(frames, None)
+        if frame is None:
+            return
+        frame = crop_to_multiple(frame, s)
+        with timed(seconds, "segment"):
+            mask = source.mask(frame, reader.last_name).astype(np.float32)
+        bar.update()
+        yield frame, mask
+
+
+def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, device, roi_factory=None) -> dict:
+    """Stream one sequence: read -> ROI -> network -> write, into out_dir."""
+    reader = FrameReader(seq_path, fps=cfg.fps, skip_bad=cfg.skip_bad_frames)
     frame_names = [f.name for f in reader.files] if reader.files else None
-    factory = roi_factory or make_roi_source
-    source, source_used = factory(args.roi_source, seg_model_path=args.seg_model_path, roi_classes=args.roi_classes,
-                                  conf=args.conf, imgsz=args.seg_imgsz, keyframe_interval=args.keyframe_interval,
-                                  masks_dir=args.masks_dir, frame_names=frame_names, device=args.device)
-    seconds, state, params_log, n = defaultdict(float), None, [], 0
-    video = H264Writer(out_dir / "video.mp4", reader.info.fps, args.crf)
-    writer = BackgroundWriter()
-    chunk_frames, chunk_masks = [], []
-    lookahead = model.cfg.gate_lookahead  # the first call gets at least this many frames (prime())
-
-    def write_frame(i, img, soft, frame=None, mask=None):
-        write_png(out_dir / "frames" / frame_name(i), img)
-        write_png(out_dir / "masks" / frame_name(i), soft)
-        video.write(img)
-        if frame is not None:
-            debug_viz.write_side_by_side(out_dir / "debug" / frame_name(i), frame, mask, soft, img)
-
-    def flush():
-        nonlocal state, n, chunk_frames, chunk_masks
-        with timed(seconds, "downsample"), torch.no_grad():
-            frames = frames_to_tensor(np.stack(chunk_frames))[None].to(device)
-            masks = masks_to_tensor(np.stack(chunk_masks))[None].to(device)
-            if state is None:  # the background gate looks at the first frames before deciding
-                state = model.prime(frames, masks)
-            out = model(frames, masks, state)
-            state = out.state
-            images = list(tensor_to_frames(out.frames[0]))
-            softs = list(tensor_to_frames(out.masks[0])[..., 0])
-        for t, (img, soft) in enumerate(zip(images, softs)):
-            debug = args.debug and n % args.debug_every == 0
-            writer.submit(partial(write_frame, n, img, soft, *((chunk_frames[t], chunk_masks[t]) if debug else ())))
-            params_log.append(dict(zip(PARAM_NAMES, out.params[0, t].tolist())))
-            n += 1
-        chunk_frames, chunk_masks = [], []  # new lists: the writer may still hold the old ones
-
+    source, source_used = (roi_factory or make_roi_source)(cfg.roi, frame_names=frame_names, device=str(device))
+    seconds, params_log, n = defaultdict(float), [], 0
+    writer, jobs = SequenceWriter(out_dir, reader.info.fps, cfg), BackgroundWriter()
     t_start = time.perf_counter()
-    total = reader.info.num_frames or None
     try:
-        frames_iter = iter(reader)
-        with tqdm(total=total, desc=f"downsampling {seq_path.name}", unit="frame") as bar:
+        with tqdm(total=reader.info.num_frames or None, desc=f"downsampling {seq_path.name}", unit="frame") as bar:
+            chunks = engine.stream(model, read_frames(reader, source, cfg.scale_factor, seconds, bar),
+                                   cfg.batch_size, device)
             while True:
-                with timed(seconds, "read"):
-                    frame = next(frames_iter, None)
-                if frame is None:
+                t = time.perf_counter()
+                chunk = next(chunks, None)
+                seconds["downsample"] += time.perf_counter() - t  # read and segment are subtracted below
+                if chunk is None:
                     break
-                frame = crop_to_multiple(frame, s)
-                with timed(seconds, "segment"):
-                    mask = source.mask(frame).astype(np.float32)
-                chunk_frames.append(frame), chunk_masks.append(mask)
-                if len(chunk_frames) >= max(args.batch_size, lookahead if state is None else 0):
-                    flush()
-                bar.update()
-            if chunk_frames:
-                flush()
-        writer.close()
+                for img, soft, params, (frame, mask) in zip(chunk.images, chunk.softs, chunk.params, chunk.inputs):
+                    debug = cfg.debug and n % cfg.debug_every == 0
+                    jobs.submit(lambda i=n, a=(img, soft, frame, mask, debug): writer.write(i, *a))
+                    params_log.append(params)
+                    n += 1
+        jobs.close()
         with timed(seconds, "write"):
-            video_bytes = video.close()
+            video_bytes, area_bytes = writer.close()
     except BaseException:
-        if writer.error is None:
-            writer.close()  # let queued frames finish: what is on disk stays consistent
-        video.abort()
+        if jobs.error is None:
+            jobs.close()
+        writer.abort()
         raise
-    seconds["write"] += writer.busy_seconds
+    seconds["downsample"] -= seconds["read"] + seconds["segment"]
+    seconds["write"] += jobs.busy_seconds
     if n == 0:
         raise UserError(f"{seq_path}: no frame could be read")
-    elapsed = time.perf_counter() - t_start
-    if args.debug:
+    if cfg.debug:
+        import debug_viz
         debug_viz.plot_parameters(out_dir / "debug" / "parameters.png", params_log)
-    h, w = reader.info.height // s, reader.info.width // s
+    elapsed = time.perf_counter() - t_start
     return {
         "input": str(seq_path), "frames": n, "input_size": [reader.info.width, reader.info.height],
-        "output_size": [w, h], "fps": reader.info.fps, "roi_source": source_used,
-        "skipped_frames": reader.skipped, "video_bytes": video_bytes, "crf": args.crf,
+        "output_size": [reader.info.width // cfg.scale_factor, reader.info.height // cfg.scale_factor],
+        "fps": reader.info.fps, "roi_source": source_used, "skipped_frames": reader.skipped,
+        "video_bytes": video_bytes, "area_video_bytes": area_bytes,
+        "bytes_vs_area_pct": None if not area_bytes else 100 * (video_bytes / area_bytes - 1),
+        "crf": cfg.crf, "preset": cfg.preset, "roi_qoffset": cfg.roi_qoffset, "roi_rectangles": writer.rois,
         "stage_fps": {k: (n / v if v > 0 else None) for k, v in seconds.items()},
         "overall_fps": n / elapsed, "seconds": elapsed, "parameters": params_log,
     }
 
 
-def run(args, roi_factory=None) -> list[dict]:
+def summary_line(report: dict, out_dir: Path) -> str:
+    w, h = report["output_size"]
+    cmp = ""
+    if report["area_video_bytes"]:
+        cmp = (f" vs {report['area_video_bytes']} for plain area downscaling at the same CRF "
+               f"({report['bytes_vs_area_pct']:+.1f}%)")
+    return (f"wrote {report['frames']} frames {w}x{h} to {out_dir}/ (video.mp4 {report['video_bytes']} bytes{cmp}; "
+            f"ROI source {report['roi_source']}, {report['overall_fps']:.1f} frames/s)")
+
+
+def run(cfg: InferenceConfig, roi_factory=None) -> list[dict]:
     import demo_data
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.batch_size < 1:
-        raise UserError(f"--batch_size must be >= 1, got {args.batch_size}")
-    if not 0 <= args.crf <= 51:
-        raise UserError(f"--crf must be in 0..51, got {args.crf}")
-    input_path = Path(args.input_dir) if args.input_dir else demo_data.demo_clip()
+    check_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    input_path = Path(cfg.input_dir) if cfg.input_dir else demo_data.demo_clip()
     if not input_path.exists():
         raise UserError(f"--input_dir {input_path}: no such file or folder")
-    output_dir = Path(args.output_dir)
-    check_output_dir(output_dir, input_path)
-    device = pick_device(args.device)
-    model, ckpt_name = load_downsampler(args)
-    model.set_background_strength(args.background_strength)
+    output_dir = Path(cfg.output_dir)
+    check_no_overlap(output_dir, input_path)
+    sequences = find_sequences(input_path)
+    device = engine.pick_device(cfg.device)
+    model, ckpt_name = load_downsampler(cfg)
+    model.set_background_strength(cfg.background_strength)
     model.to(device)
     reports = []
-    for name, seq in find_sequences(input_path):
-        out_dir = output_dir / name if name else output_dir
-        try:
-            report = run_sequence(model, args, seq, out_dir, device, roi_factory)
-        except BaseException:
-            if out_dir.is_dir() and not any(out_dir.iterdir()):
-                out_dir.rmdir()  # failed before the first frame: leave nothing behind
-            raise
-        report.update(checkpoint=ckpt_name, scale_factor=args.scale_factor, device=str(device),
-                      background_strength=args.background_strength)
-        atomic_write_bytes(out_dir / "report.json", json.dumps(report, indent=2).encode())
-        reports.append(report)
-        print(f"wrote {report['frames']} frames {report['output_size'][0]}x{report['output_size'][1]} to {out_dir}/ "
-              f"(video.mp4 {report['video_bytes']} bytes, ROI source {report['roi_source']}, "
-              f"{report['overall_fps']:.1f} frames/s)")
-    return reports
+    with ResultFolder(output_dir, "--output_dir") as result:
+        for name, seq in sequences:
+            out_dir = result.path / name if name else result.path
+            report = run_sequence(model, cfg, seq, out_dir, device, roi_factory)
+            report.update(checkpoint=ckpt_name, scale_factor=cfg.scale_factor, device=str(device),
+                          background_strength=cfg.background_strength, roi_options=asdict(cfg.roi))
+            atomic_write_bytes(out_dir / "report.json", json.dumps(report, indent=2).encode())
+            reports.append((report, output_dir / name if name else output_dir))
+        result.commit()
+    for report, final_dir in reports:
+        print(summary_line(report, final_dir))
+    return [r for r, _ in reports]
 
 
 def main(argv=None) -> int:
-    plain_warnings()
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished frames are on disk; run the same command again to redo", file=sys.stderr)
-        return 130
-    return 0
+    return run_cli(lambda a: run(config_from_args(a)) and 0, args,
+                   "nothing was written to --output_dir; run the same command again")
 
 
 if __name__ == "__main__":

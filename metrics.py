@@ -10,7 +10,34 @@ import math
 import cv2
 import numpy as np
 
+from video_io import encode_h264_bytes
+
 PSNR_CAP = 100.0  # identical signals: PSNR is infinite; we report this cap instead
+
+
+def resize_all(frames, s: int, interp=cv2.INTER_AREA) -> list[np.ndarray]:
+    """Every frame downscaled by s with one OpenCV interpolation (INTER_AREA: the reference)."""
+    h, w = frames[0].shape[:2]
+    return [cv2.resize(f, (w // s, h // s), interpolation=interp) for f in frames]
+
+
+def block_max(mask: np.ndarray, s: int) -> np.ndarray:
+    """(H,W) -> (H/s,W/s): an output pixel is ROI if any input pixel of its s x s cell is."""
+    h, w = mask.shape[0] // s, mask.shape[1] // s
+    return mask[:h * s, :w * s].reshape(h, s, w, s).max((1, 3))
+
+
+def roi_at_output(masks, s: int) -> np.ndarray:
+    """Binary ROI per output pixel, as (T,h,w,3) for the metrics."""
+    roi = np.stack([block_max(m, s) for m in masks]) > 0
+    return np.repeat(roi[..., None], 3, -1)
+
+
+def rd_point(out, ref, roi, crf: int, fps: float, preset: str = "medium") -> tuple[dict, np.ndarray]:
+    """Encode one output at one CRF: its H.264 bytes and ROI-PSNR after decoding, and the decoded frames."""
+    size, decoded = encode_h264_bytes(out, fps, crf, preset)
+    d = np.stack(decoded)
+    return {"crf": crf, "bytes": size, "roi_psnr": masked_psnr(d, ref, roi)}, d
 
 
 def psnr_from_mse(mse: float, peak: float = 255.0) -> float:
@@ -62,16 +89,13 @@ def flicker(out: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
 def warping_error(out: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
     """Mean |out_t − warp(out_{t−1})| inside the mask, with the flow taken from the reference
     (Farneback), so it measures temporal inconsistency the real motion does not explain."""
+    from roi_sources import backward_warp
     if len(out) < 2:
         return 0.0
     errs = []
-    h, w = out.shape[1:3]
-    grid = np.stack(np.meshgrid(np.arange(w), np.arange(h)), -1).astype(np.float32)
     for t in range(1, len(out)):
         g0, g1 = (cv2.cvtColor(ref[i], cv2.COLOR_RGB2GRAY) for i in (t - 1, t))
-        flow = cv2.calcOpticalFlowFarneback(g1, g0, None, 0.5, 3, 15, 3, 5, 1.2, 0)
-        mp = grid + flow
-        warped = cv2.remap(out[t - 1], mp[..., 0], mp[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        warped = backward_warp(out[t - 1], g1, g0)
         m = mask[t].astype(bool)
         if m.any():
             errs.append(np.abs(out[t].astype(np.float64) - warped)[m].mean())

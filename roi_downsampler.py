@@ -14,21 +14,13 @@ carried state gives exactly the whole-clip result (see ``step``).
 """
 from __future__ import annotations
 
-import io
 import math
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from video_io import UserError, atomic_write_bytes
-
-CHECKPOINT_FORMAT = "roi-downsampler"
-CHECKPOINT_VERSION = 2  # 2: background gate
 
 # name -> (low, high, initial value). Initial values make the untrained model an area downscaler:
 # no background simplification and no temporal hold, so it can never start worse than area.
@@ -74,6 +66,7 @@ class DownsamplerOutput:
     masks: torch.Tensor                  # (B,T,1,h,w) soft importance
     params: torch.Tensor                 # (B,T,P) in PARAM_NAMES order, real units
     state: DownsamplerState = field(default_factory=DownsamplerState)
+    gate_features: Optional[torch.Tensor] = None  # (B,T,4) what the background gate saw (calibration)
 
 
 def _logit(p: float) -> float:
@@ -126,7 +119,7 @@ def area_pool(x: torch.Tensor, s: int) -> torch.Tensor:
     return total / (s * s)
 
 
-def block_max(x: torch.Tensor, s: int) -> torch.Tensor:
+def max_pool(x: torch.Tensor, s: int) -> torch.Tensor:
     """Max over s x s blocks (= max_pool2d(x, s, ceil_mode=True)) as a max of strided views:
     several times faster than max_pool2d on CPU, which also computes indices."""
     h, w = x.shape[-2:]
@@ -259,7 +252,7 @@ class AdaptiveMaskHead(nn.Module):
 
     def forward(self, roi, image_half, feather):
         """roi: (B,1,h,w) ROI at output resolution; image_half: the output image at half size."""
-        roi_half = block_max(roi, 2)
+        roi_half = max_pool(roi, 2)
         closed = erode(dilate(roi_half, 5), 5)
         size = roi.shape[-2:]
         holes = F.interpolate(closed - roi_half, scale_factor=2, mode="nearest")[..., : size[0], : size[1]]
@@ -316,7 +309,7 @@ class ROIDownsampler(nn.Module):
         self.cfg = cfg or DownsamplerConfig()
         s = self.cfg.scale_factor
         if s not in (2, 3, 4, 8):
-            raise UserError(f"--scale_factor {s} is not supported; use 2 or 4 (3 and 8 also work)")
+            raise ValueError(f"scale factor {s} is not supported; use 2 or 4 (3 and 8 also work)")
         c = self.cfg.detail_channels
         self.analyzer = SequenceAnalyzer(self.cfg)
         self.mask_head = AdaptiveMaskHead(self.cfg)
@@ -337,7 +330,7 @@ class ROIDownsampler(nn.Module):
         """Scale the predicted background simplification and hold (1 = as trained, 0 = the
         background is plain area downscaling). Not saved in checkpoints: an inference-time knob."""
         if not 0.0 <= strength <= 1.0:
-            raise UserError(f"--background_strength must be in [0, 1], got {strength}")
+            raise ValueError(f"background strength must be in [0, 1], got {strength}")
         self.background_strength = float(strength)
 
     def effective(self, params):
@@ -385,10 +378,10 @@ class ROIDownsampler(nn.Module):
         frame, mask = frame[..., : H - H % s, : W - W % s], mask[..., : H - H % s, : W - W % s]
         base = area_pool(frame, s)                      # the area downscale
         half = area_pool(base, 2)                       # analysis / mask-halo resolution
-        roi = block_max(mask, s)                        # max, not mean: small objects survive
+        roi = max_pool(mask, s)                        # max, not mean: small objects survive
         change = (torch.zeros_like(half[:, :1]) if state.prev_base is None
                   else self.temporal.change_map(base, state.prev_base))
-        return frame, mask, base, half, roi, block_max(roi, 2), change
+        return frame, mask, base, half, roi, max_pool(roi, 2), change
 
     @torch.no_grad()
     def prime(self, frames, masks) -> DownsamplerState:
@@ -409,101 +402,13 @@ class ROIDownsampler(nn.Module):
     def forward(self, frames, masks, state: Optional[DownsamplerState] = None) -> DownsamplerOutput:
         if frames.dim() != 5 or masks.dim() != 5:
             raise ValueError("expected frames (B,T,3,H,W) and masks (B,T,1,H,W)")
-        outs, softs, params = [], [], []
+        outs, softs, params, gate = [], [], [], []
         for t in range(frames.shape[1]):
             o, m, p, state = self.step(frames[:, t], masks[:, t], state)
-            outs.append(o), softs.append(m), params.append(p)
-        return DownsamplerOutput(torch.stack(outs, 1), torch.stack(softs, 1), torch.stack(params, 1), state)
-
-
-def frames_to_tensor(frames) -> torch.Tensor:
-    """RGB uint8 frames (..., H, W, 3) (numpy) -> float (..., 3, H, W) in [0, 1], the network's input."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).movedim(-1, -3).float().div_(255)
-
-
-def masks_to_tensor(masks) -> torch.Tensor:
-    """ROI masks (..., H, W) with 1 = object (numpy, any dtype) -> float (..., 1, H, W), the network's input."""
-    return torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32)).unsqueeze(-3)
-
-
-def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
-    """(..., C, h, w) in [0, 1] -> uint8 (..., h, w, C) numpy, rounded as it is written to disk."""
-    return np.ascontiguousarray(x.detach().clamp(0, 1).mul(255).round().byte().movedim(-3, -1).cpu().numpy())
-
-
-def pick_device(name: str) -> torch.device:
-    """--device: 'auto' takes CUDA when present (the local rank's GPU under torchrun)."""
-    import os
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
-    return torch.device(name)
+            outs.append(o), softs.append(m), params.append(p), gate.append(self.analyzer.gate_features(state.stats_ema))
+        return DownsamplerOutput(torch.stack(outs, 1), torch.stack(softs, 1), torch.stack(params, 1), state,
+                                 torch.stack(gate, 1))
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-# ------------------------------------------------------------------------------- checkpoints
-
-
-def default_checkpoint(scale: int) -> Path:
-    """Where the shipped checkpoint for a scale factor lives: models/roi_downsampler_x{s}.pth."""
-    return Path(__file__).resolve().parent / "models" / f"roi_downsampler_x{scale}.pth"
-
-
-def save_checkpoint(path, model: ROIDownsampler, **extra) -> None:
-    """One file: format tag+version, model config, weights, scale, plus anything in `extra`
-    (training args, metrics, optimizer/scheduler/RNG state for --resume). Written atomically."""
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        "config": asdict(model.cfg),
-        "scale_factor": model.scale_factor,
-        "model": model.state_dict(),
-        **extra,
-    }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def read_checkpoint(path) -> dict:
-    """Load and validate a checkpoint file; UserError (one line) for anything wrong with it."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found; train one with `bash train.sh` or pass "
-                        f"--checkpoint_path to an existing .pth")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}); the file is corrupt "
-                        f"or truncated, use another (e.g. models/roi_downsampler_x2.pth)") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path}: not an ROI downsampler checkpoint; pass a .pth written by "
-                        f"train_roi_downsampler.py")
-    if ckpt.get("format_version", 0) > CHECKPOINT_VERSION:
-        raise UserError(f"{path}: checkpoint format v{ckpt['format_version']} is newer than this code "
-                        f"(v{CHECKPOINT_VERSION}); update the code")
-    return ckpt
-
-
-def load_model(path, expected_scale: Optional[int] = None) -> tuple[ROIDownsampler, dict]:
-    """Rebuild the model from a checkpoint; checks the scale factor against `expected_scale`."""
-    ckpt = read_checkpoint(path)
-    if expected_scale is not None and int(ckpt["scale_factor"]) != int(expected_scale):
-        raise UserError(f"{path}: checkpoint is for x{ckpt['scale_factor']} but --scale_factor is "
-                        f"{expected_scale}; pass --scale_factor {ckpt['scale_factor']} or a x{expected_scale} checkpoint")
-    known = DownsamplerConfig.__dataclass_fields__
-    model = ROIDownsampler(DownsamplerConfig(**{k: v for k, v in ckpt["config"].items() if k in known}))
-    weights = {k: v for k, v in ckpt["model"].items() if k not in ("analyzer.low", "analyzer.high")}  # v1 saved them
-    if ckpt.get("format_version", 0) < 2:  # v1 had no background gate: keep it open (as v1 behaved)
-        weights.update({k: v for k, v in model.state_dict().items() if k.startswith("analyzer.gate.")})
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise UserError(f"{path}: weights do not fit this network ({str(e).splitlines()[0]})") from None
-    return model.eval(), ckpt

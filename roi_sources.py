@@ -11,19 +11,68 @@ builds one from the CLI flags and applies the offline policy:
 """
 from __future__ import annotations
 
-import sys
+import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import cv2
 import numpy as np
 
-from video_io import IMAGE_EXTS, UserError, list_frame_files
+from errors import UserError, warn
+from video_io import IMAGE_EXTS, list_frame_files
 
 DEFAULT_SEG_MODEL = "models/yolov8n-seg.pt"
 DEFAULT_ROI_CLASSES = "person,bicycle,car,motorcycle,bus,truck,cat,dog"
 YOLO_HELP = ("download yolov8n-seg.pt from the Ultralytics assets release into models/ "
-             "(or pass --seg_model_path), or use --roi_source motion")
+             "(or pass --seg_model_path, .pt or exported .onnx), or use --roi_source motion")
+ROI_SOURCES = ("auto", "yolo", "motion", "masks")
+
+
+@dataclass
+class RoiOptions:
+    """Where ROI masks come from: the same flags (add_roi_args) for inference, evaluation and training."""
+    roi_source: str = "auto"
+    seg_model_path: str = DEFAULT_SEG_MODEL
+    roi_classes: str = DEFAULT_ROI_CLASSES
+    conf: float = 0.25
+    seg_imgsz: Optional[int] = None   # None: the model's fixed input size, else 640
+    keyframe_interval: int = 1
+    masks_dir: Optional[str] = None
+
+
+def add_roi_args(p: argparse.ArgumentParser, default_source: str = "auto") -> None:
+    """The ROI flags every CLI that finds objects shares (defaults from RoiOptions)."""
+    d = RoiOptions()
+    p.add_argument("--roi_source", default=default_source, choices=ROI_SOURCES,
+                   help="auto: YOLO if its weights load, else motion; yolo; motion; masks (files in --masks_dir)")
+    p.add_argument("--seg_model_path", default=d.seg_model_path,
+                   help="Ultralytics YOLO segmentation weights: .pt, or an exported .onnx (needs onnxruntime)")
+    p.add_argument("--roi_classes", default=d.roi_classes, help="comma-separated COCO classes, or 'all'")
+    p.add_argument("--conf", type=float, default=d.conf, help="YOLO confidence threshold")
+    p.add_argument("--seg_imgsz", type=int, default=None,
+                   help="YOLO input size (default: the model's own when fixed, as in exported .onnx; else 640)")
+    p.add_argument("--keyframe_interval", type=int, default=d.keyframe_interval,
+                   help="run YOLO every N frames, flow-warp masks between")
+    p.add_argument("--masks_dir", default=None, help="0/255 PNG masks named like the frames (--roi_source masks)")
+
+
+def roi_options(args) -> RoiOptions:
+    """The RoiOptions part of a parsed Namespace (or any object with those attributes)."""
+    return RoiOptions(**{k: getattr(args, k) for k in RoiOptions.__dataclass_fields__})
+
+
+def fixed_input_size(path: Path) -> Optional[int]:
+    """The square input size an exported .onnx model was fixed to (None when dynamic or not onnx)."""
+    if path.suffix.lower() != ".onnx":
+        return None
+    try:
+        import onnxruntime as ort
+        shape = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
+    except Exception:
+        return None
+    h, w = shape[-2:]
+    return int(max(h, w)) if isinstance(h, int) and isinstance(w, int) else None
 
 
 COCO_NAMES = (
@@ -40,8 +89,9 @@ class YoloUnavailable(UserError):
     """YOLO weights missing or unloadable (offline, wrong path, corrupt file)."""
 
 
-def load_yolo(seg_model_path: str):
-    """Load an Ultralytics YOLO segmentation model; YoloUnavailable with the fix if it cannot.
+def load_yolo(seg_model_path: str, task: str = "segment"):
+    """Load an Ultralytics YOLO model (.pt, exported .onnx, or .yaml); YoloUnavailable with the fix
+    if it cannot. ``task`` is "segment" for ROI masks, "detect" for the evaluation's detector.
 
     A ``.yaml`` name (e.g. ``yolov8n-seg.yaml``) builds the architecture with random weights: the
     same cost, useful for speed benchmarks only.
@@ -54,6 +104,11 @@ def load_yolo(seg_model_path: str):
     from ultralytics.utils import LOGGER, is_online
     from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
     path = Path(seg_model_path)
+    if path.suffix.lower() == ".onnx":
+        try:
+            import onnxruntime  # noqa: F401  (Ultralytics would try to pip-install it at run time)
+        except ImportError:
+            raise YoloUnavailable(f"{path}: .onnx models need onnxruntime; pip install onnxruntime") from None
     if path.suffix != ".yaml" and not path.is_file():
         # Ultralytics downloads known asset names (online users); anything else cannot work.
         if path.name not in GITHUB_ASSETS_NAMES or not is_online():
@@ -62,10 +117,13 @@ def load_yolo(seg_model_path: str):
     level = LOGGER.level
     LOGGER.setLevel("ERROR")  # its download retries and warnings would bury our one-line message
     try:
-        return YOLO(str(path), task="segment")
+        model = YOLO(str(path), task=task)
+        if path.suffix.lower() == ".onnx":
+            model.fixed_imgsz = fixed_input_size(path)
+        return model
     except Exception as e:  # ConnectionError offline, RuntimeError/EOFError for a corrupt file, ...
         reason = "could not be downloaded" if not path.is_file() else f"are unreadable ({type(e).__name__})"
-        raise YoloUnavailable(f"{path}: YOLO segmentation weights {reason}; {YOLO_HELP}") from None
+        raise YoloUnavailable(f"{path}: YOLO weights {reason}; {YOLO_HELP}") from None
     finally:
         LOGGER.setLevel(level)
 
@@ -87,18 +145,25 @@ def class_ids(model, roi_classes: Optional[str]) -> Optional[list[int]]:
     return ids
 
 
+def input_size(model, requested: Optional[int]) -> int:
+    """The YOLO input size: an exported model's fixed size wins over --seg_imgsz (with a warning)."""
+    fixed = getattr(model, "fixed_imgsz", None)
+    if fixed and requested and requested != fixed:
+        warn(f"--seg_imgsz {requested} ignored: the model's input is fixed at {fixed}")
+    return fixed or requested or 640
+
+
 class YoloSegmenter:
     """Union of the instance masks of the chosen classes, via the polygons Ultralytics returns
     in original-image coordinates (cheaper than full-resolution 'retina' masks)."""
 
     def __init__(self, model, roi_classes: Optional[str] = DEFAULT_ROI_CLASSES, conf: float = 0.25,
-                 imgsz: int = 640, device: Optional[str] = None):
-        self.model, self.conf, self.imgsz, self.device = model, conf, imgsz, device
+                 imgsz: Optional[int] = None, device: Optional[str] = None):
+        self.model, self.conf, self.device = model, conf, device
+        self.imgsz = input_size(model, imgsz)
         self.classes = class_ids(model, roi_classes)
-        self.calls = 0
 
     def segment(self, frame: np.ndarray) -> np.ndarray:
-        self.calls += 1
         h, w = frame.shape[:2]
         result = self.model.predict(frame[..., ::-1], imgsz=self.imgsz, conf=self.conf, classes=self.classes,
                                     device=self.device, verbose=False)[0]
@@ -116,6 +181,15 @@ def _small_gray(frame: np.ndarray, width: int) -> np.ndarray:
     return cv2.cvtColor(cv2.resize(frame, size, interpolation=cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
 
 
+def backward_warp(image: np.ndarray, gray: np.ndarray, prev_gray: np.ndarray) -> np.ndarray:
+    """Move `image` (aligned with prev_gray) onto the current frame `gray`: dense Farneback flow
+    from the current frame back to the previous one says where each current pixel came from."""
+    flow = cv2.calcOpticalFlowFarneback(gray, prev_gray, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+    h, w = gray.shape
+    mapping = np.stack(np.meshgrid(np.arange(w), np.arange(h)), -1).astype(np.float32) + flow
+    return cv2.remap(image, mapping[..., 0], mapping[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
 class KeyframeSource:
     """Runs an expensive segmenter every `interval` frames and carries its mask in between by
     warping it with dense optical flow (Farneback at low resolution), so objects stay covered."""
@@ -127,26 +201,18 @@ class KeyframeSource:
         self.stateful = interval > 1  # warping needs every frame, in order
         self.index, self.prev_gray, self.prev_mask = 0, None, None
 
-    def mask(self, frame: np.ndarray) -> np.ndarray:
+    def mask(self, frame: np.ndarray, name: Optional[str] = None) -> np.ndarray:
         gray = _small_gray(frame, self.flow_width) if self.interval > 1 else None
         if self.index % self.interval == 0 or self.prev_mask is None:
             full = self.segmenter.segment(frame)
             small = cv2.resize(full, gray.shape[::-1], interpolation=cv2.INTER_AREA) if gray is not None else full
         else:
-            small = self._warp(self.prev_mask, self.prev_gray, gray)
+            small = backward_warp(self.prev_mask, gray, self.prev_gray)
             full = cv2.resize(small, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
         self.index += 1
         self.prev_gray, self.prev_mask = gray, small
         return full
 
-    @staticmethod
-    def _warp(mask, prev_gray, gray):
-        """Backward warp: where is each current pixel in the previous frame?"""
-        flow = cv2.calcOpticalFlowFarneback(gray, prev_gray, None, 0.5, 3, 15, 3, 5, 1.2, 0)
-        h, w = gray.shape
-        grid = np.stack(np.meshgrid(np.arange(w), np.arange(h)), -1).astype(np.float32)
-        mapping = grid + flow
-        return cv2.remap(mask, mapping[..., 0], mapping[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 class MotionSource:
@@ -168,7 +234,7 @@ class MotionSource:
         self.join = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (21, 21))
         self.frames = 0
 
-    def mask(self, frame: np.ndarray) -> np.ndarray:
+    def mask(self, frame: np.ndarray, name: Optional[str] = None) -> np.ndarray:
         h, w = frame.shape[:2]
         width = min(self.work_width, w)
         small = cv2.resize(frame, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
@@ -213,15 +279,23 @@ class MaskFolderSource:
             raise UserError(f"{self.dir}: no mask images found ({', '.join(sorted(IMAGE_EXTS))})")
         self.by_stem = {f.stem: f for f in files}
         self.files = files
-        self.frame_names = list(frame_names) if frame_names else None
+        self.by_name = frame_names is not None
+        if frame_names is not None:  # check every frame has its mask before anything is written
+            missing = [n for n in frame_names if Path(n).stem not in self.by_stem]
+            if missing:
+                raise UserError(f"{self.dir}: no mask for frame '{missing[0]}' ({len(missing)} missing); "
+                                f"expected {Path(missing[0]).stem}.png")
         self.index = 0
+        self.warned_size = False
 
-    def mask(self, frame: np.ndarray) -> np.ndarray:
+    def mask(self, frame: np.ndarray, name: Optional[str] = None) -> np.ndarray:
+        """The mask of this frame: by the frame's file name (frame folders; so a skipped frame
+        never shifts the masks), else by order (video input)."""
         i, self.index = self.index, self.index + 1
-        if self.frame_names is not None:
-            stem = Path(self.frame_names[i]).stem
+        if self.by_name and name is not None:
+            stem = Path(name).stem
             if stem not in self.by_stem:
-                raise UserError(f"{self.dir}: no mask for frame '{self.frame_names[i]}'; expected {stem}.png")
+                raise UserError(f"{self.dir}: no mask for frame '{name}'; expected {stem}.png")
             path = self.by_stem[stem]
         else:
             if i >= len(self.files):
@@ -229,32 +303,45 @@ class MaskFolderSource:
             path = self.files[i]
         m = read_mask_file(path)
         h, w = frame.shape[:2]
-        if m.shape != (h, w):
+        if m.shape[0] - h in range(8) and m.shape[1] - w in range(8):
+            m = m[:h, :w]  # the frame was cropped to a multiple of the scale factor
+        if m.shape[:2] != (h, w):
+            mh, mw = m.shape[:2]
+            if abs(mw / mh - w / h) > 0.01 * (w / h):
+                raise UserError(f"{path}: mask is {mw}x{mh} but the frame is {w}x{h} (another aspect ratio); "
+                                f"masks must match the frames")
+            if not self.warned_size:
+                warn(f"{path}: mask is {mw}x{mh}, frames are {w}x{h}; masks are resized to the frames")
+                self.warned_size = True
             m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
         return m
 
 
-def warn(msg: str) -> None:
-    print(f"WARNING: {msg}", file=sys.stderr, flush=True)
+def make_roi_source(opts: RoiOptions, frame_names=None, device=None, yolo_model=None):
+    """Build the ROI source the flags ask for; returns (source, name of the source actually used).
 
-
-def make_roi_source(kind: str, seg_model_path: str = DEFAULT_SEG_MODEL, roi_classes: str = DEFAULT_ROI_CLASSES,
-                    conf: float = 0.25, imgsz: int = 640, keyframe_interval: int = 1, masks_dir=None,
-                    frame_names=None, device=None, yolo_model=None):
-    """Build the ROI source the flags ask for; returns (source, name of the source actually used)."""
+    --masks_dir with --roi_source auto means "use these masks" (said in one line)."""
+    kind = opts.roi_source
+    if opts.keyframe_interval < 1:
+        raise UserError(f"--keyframe_interval must be >= 1, got {opts.keyframe_interval}")
+    if opts.masks_dir and kind == "auto":
+        warn(f"--masks_dir {opts.masks_dir} given: using those masks (--roi_source masks)")
+        kind = "masks"
+    elif opts.masks_dir and kind != "masks":
+        warn(f"--masks_dir is ignored with --roi_source {kind}")
     if kind == "masks":
-        return MaskFolderSource(masks_dir, frame_names), "masks"
+        return MaskFolderSource(opts.masks_dir, frame_names), "masks"
     if kind == "motion":
         return MotionSource(), "motion"
     if kind not in ("yolo", "auto"):
-        raise UserError(f"--roi_source {kind}: choose auto, yolo, motion or masks")
+        raise UserError(f"--roi_source {kind}: choose {', '.join(ROI_SOURCES)}")
     try:
-        model = yolo_model or load_yolo(seg_model_path)
+        model = yolo_model or load_yolo(opts.seg_model_path)
     except YoloUnavailable as e:
         if kind == "yolo":
             raise
         warn(f"{e} -- falling back to --roi_source motion")
         return MotionSource(), "motion"
-    seg = YoloSegmenter(model, roi_classes, conf, imgsz, device)
-    return KeyframeSource(seg, keyframe_interval), "yolo"
+    seg = YoloSegmenter(model, opts.roi_classes, opts.conf, opts.seg_imgsz, device)
+    return KeyframeSource(seg, opts.keyframe_interval), "yolo"
 

@@ -18,20 +18,23 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import checkpoint
 import data
+import metrics
 from blip_clip_loss import (CombinedLoss, LossWeights, PerceptualUnavailable, area_reference, load_perceptual,
-                            rate_proxy, roi_at_output)
-from roi_downsampler import (DownsamplerConfig, ROIDownsampler, pick_device, read_checkpoint, save_checkpoint,
-                             tensor_to_frames)
+                            rate_proxy, tensor_roi_at_output)
+from engine import pick_device, tensor_to_frames
+from errors import UserError, run_cli, warn
+from roi_downsampler import DownsamplerConfig, ROIDownsampler
 from roi_sources import (DEFAULT_ROI_CLASSES, DEFAULT_SEG_MODEL, KeyframeSource, MotionSource, YoloSegmenter,
-                         YoloUnavailable, load_yolo, warn)
-from video_io import UserError, atomic_write_bytes, encode_h264_bytes, plain_warnings
+                         YoloUnavailable, load_yolo)
 
 
 @dataclass
@@ -62,6 +65,8 @@ class TrainConfig:
     roi_source: str = "auto"
     seg_model_path: str = DEFAULT_SEG_MODEL
     roi_classes: str = DEFAULT_ROI_CLASSES
+    conf: float = 0.25
+    seg_imgsz: int = 0  # 0: the model's fixed input size (exported .onnx), else 640
     perceptual_model: str = "clip"
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = "openai"
@@ -75,7 +80,9 @@ def parse_args(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     helps = {
         "dataset_path": "DAVIS-2017 root, folder of sequences, folder of videos, or one clip",
-        "roi_source": "auto (annotations, else YOLO, else motion) | yolo | motion | masks",
+        "roi_source": "what the network sees: auto (annotations where present, else YOLO, else motion) | yolo | "
+                      "motion (for every sequence; annotations, where present, are what the losses score) | masks",
+        "seg_model_path": "Ultralytics YOLO segmentation weights, .pt or exported .onnx",
         "perceptual_model": "clip | blip | clip+blip | none",
         "allow_missing_perceptual": "train without the perceptual term if its weights cannot be loaded",
         "resume": "continue from output_dir/checkpoints/latest.pth",
@@ -92,6 +99,7 @@ def parse_args(argv=None) -> TrainConfig:
             p.add_argument(f"--{name}", type=typ, default=f.default, help=helps.get(name),
                            required=name == "dataset_path")
     cfg = TrainConfig(**vars(p.parse_args(argv)))
+    cfg.seg_imgsz = cfg.seg_imgsz or None
     if cfg.scale_factor not in (2, 4):
         raise UserError(f"--scale_factor {cfg.scale_factor}: use 2 or 4")
     for name in ("epochs", "batch_size", "clip_length", "steps_per_epoch"):
@@ -100,7 +108,7 @@ def parse_args(argv=None) -> TrainConfig:
     return cfg
 
 
-# ----------------------------------------------------------------------------- setup helpers
+# ----------------------------------------------------------------------------- setup
 
 
 def setup_distributed():
@@ -113,19 +121,22 @@ def setup_distributed():
     return dist.get_rank(), dist.get_world_size()
 
 
-def mask_source_factory(cfg: TrainConfig):
-    """(key, factory) for sequences without annotations, following --roi_source."""
+def mask_source_factory(cfg: TrainConfig, needed: bool):
+    """(key, factory) of the ROI source the network sees, following --roi_source; (None, None)
+    when annotations are the input (``masks``, or ``auto`` on a dataset that has them all)."""
     kind = cfg.roi_source
-    if kind == "masks":
+    if kind == "masks" or not needed:
         return None, None
     if kind in ("auto", "yolo"):
         try:
             model = load_yolo(cfg.seg_model_path)
             st = Path(cfg.seg_model_path).stat() if Path(cfg.seg_model_path).is_file() else None
+            seg = YoloSegmenter(model, cfg.roi_classes, cfg.conf, cfg.seg_imgsz)
             key = data.source_key({"yolo": str(cfg.seg_model_path), "size": st and st.st_size,
-                                   "mtime": st and st.st_mtime_ns, "classes": cfg.roi_classes})
-            seg = KeyframeSource(YoloSegmenter(model, cfg.roi_classes), interval=1)  # every frame, stateless
-            return key, lambda: seg
+                                   "mtime": st and st.st_mtime_ns, "classes": cfg.roi_classes,
+                                   "conf": cfg.conf, "imgsz": seg.imgsz})
+            source = KeyframeSource(seg, interval=1)  # every frame, stateless
+            return key, lambda: source
         except YoloUnavailable as e:
             if kind == "yolo":
                 raise
@@ -134,12 +145,16 @@ def mask_source_factory(cfg: TrainConfig):
 
 
 def prepare_sequences(cfg: TrainConfig, run_dir: Path, rank: int):
+    """Sequences with the network's input masks cached, split by sequence into train / validation.
+    --roi_source yolo|motion: every sequence gets detector masks as input (annotations, where
+    present, are what the losses score); auto: annotations as input where they exist."""
     found = data.discover(cfg.dataset_path, run_dir / "cache")
-    needs_masks = any(s.masks is None for s in found.sequences)
-    key, factory = mask_source_factory(cfg) if needs_masks else (None, None)
+    detect_all = cfg.roi_source in ("yolo", "motion")
+    needs = [s for s in found.sequences if detect_all or s.masks is None]
+    key, factory = mask_source_factory(cfg, bool(needs))
     seqs = []
     for s in found.sequences:
-        if s.masks is None:
+        if s in needs:
             if factory is None:
                 found.skipped.append(f"{s.name}: no annotation masks (--roi_source masks)")
                 continue
@@ -148,8 +163,7 @@ def prepare_sequences(cfg: TrainConfig, run_dir: Path, rank: int):
         seqs.append(s)
     if dist.is_initialized():
         dist.barrier()
-        seqs = [s if s.masks is not None else data.cache_masks(s, factory, key, run_dir / "cache" / "masks")
-                for s in seqs]
+        seqs = [data.cache_masks(s, factory, key, run_dir / "cache" / "masks") if s in needs else s for s in seqs]
     val_names = [v for v in cfg.val_sequences.split(",") if v]
     train, val = data.split_sequences(seqs, cfg.val_fraction, val_names)
     return found, train, val
@@ -161,13 +175,18 @@ def seed_everything(seed: int):
     torch.manual_seed(seed)
 
 
-def rng_state():
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+def rng_state() -> dict:
+    """All RNG states as plain data (a checkpoint holds no pickled objects, see checkpoint.py)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
 
 
 def set_rng_state(state):
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, g = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, g))
     torch.set_rng_state(state["torch"])
 
 
@@ -177,27 +196,27 @@ def set_rng_state(state):
 @torch.no_grad()
 def validate(model, loss_fn, val_set, device, scale: int, crf: int = 28) -> dict:
     """Validation loss, and what the user cares about, for the model and for plain area:
-    x264 bytes at one CRF, ROI-PSNR after decoding, background rate proxy, background flicker."""
-    import metrics
+    x264 bytes at one CRF, ROI-PSNR after decoding (inside the scoring masks), background rate
+    proxy, background flicker."""
     model.eval()
     totals = {"loss": 0.0, "model_bytes": 0, "area_bytes": 0, "model_roi_psnr": 0.0, "area_roi_psnr": 0.0,
               "model_rate_proxy": 0.0, "area_rate_proxy": 0.0, "model_flicker": 0.0, "area_flicker": 0.0}
     n = len(val_set)
     for i in range(n):
-        frames, masks = (t[None].to(device) for t in val_set[i])
-        out = model(frames, masks)
-        loss, _ = loss_fn(out, frames, masks)
+        frames, masks_in, masks_score = (t[None].to(device) for t in val_set[i])
+        out = model(frames, masks_in)
+        loss, _ = loss_fn(out, frames, masks_score)
         ref = area_reference(frames, scale)
-        roi = roi_at_output(masks, scale)
+        roi = tensor_roi_at_output(masks_score, scale)
         totals["loss"] += float(loss) / n
         ref8 = tensor_to_frames(ref[0])
         roi3 = np.repeat(roi[0, :, 0].cpu().numpy()[..., None] > 0, 3, -1)  # (T,h,w,3) like the frames
         for name, video in (("model", out.frames), ("area", ref)):
             totals[f"{name}_rate_proxy"] += float(rate_proxy(video, roi)) / n
             v8 = tensor_to_frames(video[0])
-            size, decoded = encode_h264_bytes(list(v8), 25.0, crf, preset="veryfast")
-            totals[f"{name}_bytes"] += size
-            totals[f"{name}_roi_psnr"] += metrics.masked_psnr(np.stack(decoded), ref8, roi3) / n
+            point, _ = metrics.rd_point(list(v8), ref8, roi3, crf, 25.0, preset="veryfast")
+            totals[f"{name}_bytes"] += point["bytes"]
+            totals[f"{name}_roi_psnr"] += point["roi_psnr"] / n
             totals[f"{name}_flicker"] += metrics.flicker(v8, ref8, ~roi3) / n
     totals["bytes_saved_pct"] = 100 * (1 - totals["model_bytes"] / max(1, totals["area_bytes"]))
     model.train()
@@ -219,7 +238,7 @@ def plot_curves(log_path: Path, png_path: Path):
     ep = [r["epoch"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for k in rows[0]["train"]:
-        axes[0].plot(ep, [r["train"][k] for r in rows], marker="o", label=k)
+        axes[0].plot(ep, [r["train"].get(k, float("nan")) for r in rows], marker="o", label=k)
     axes[0].set_yscale("log"), axes[0].set_title("training loss components"), axes[0].legend(fontsize=7)
     axes[1].plot(ep, [r["val"]["model_bytes"] for r in rows], marker="o", label="model")
     axes[1].plot(ep, [r["val"]["area_bytes"] for r in rows], "--", label="area")
@@ -232,41 +251,81 @@ def plot_curves(log_path: Path, png_path: Path):
     save_figure(fig, png_path)
 
 
-def export_checkpoint(src: Path, dst) -> None:
-    """Copy a checkpoint for shipping: model, config, training args and metrics, without the
-    optimiser/scheduler/RNG state that only --resume needs."""
-    import io
-    ckpt = {k: v for k, v in read_checkpoint(src).items() if k not in ("optimizer", "scheduler", "scaler", "rng")}
-    buf = io.BytesIO()
-    torch.save(ckpt, buf)
-    atomic_write_bytes(dst, buf.getvalue())
-
-
 def append_jsonl(path: Path, row: dict):
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
 
 
+def print_epoch(epoch: int, seconds: float, val: dict):
+    print(f"epoch {epoch}: {seconds:.1f}s, val loss {val['loss']:.4f}, x264 bytes {val['model_bytes']} vs area "
+          f"{val['area_bytes']} ({val['bytes_saved_pct']:+.1f}% saved), ROI-PSNR {val['model_roi_psnr']:.2f} vs "
+          f"{val['area_roi_psnr']:.2f} dB, bg flicker {val['model_flicker']:.2f} vs {val['area_flicker']:.2f}")
+
+
 # ----------------------------------------------------------------------------- main loop
 
 
-def train(cfg: TrainConfig) -> dict:
+@dataclass
+class Run:
+    """Everything one training run holds; built by setup(), carried through the epochs."""
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: torch.device
+    run_dir: Path
+    train_set: data.ClipDataset
+    val_set: Optional[data.ClipDataset]
+    model: ROIDownsampler
+    net: torch.nn.Module
+    loss_fn: CombinedLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    epoch: int = 0            # the epoch in progress (0-based)
+    step: int = 0             # optimiser steps done in it
+    best_score: float = float("inf")
+    sums: Optional[dict] = None  # running sums of the loss components in this epoch (exact resume)
+    count: int = 0
+
+    @property
+    def main_process(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def latest(self) -> Path:
+        return self.run_dir / "checkpoints" / "latest.pth"
+
+    @property
+    def best(self) -> Path:
+        return self.run_dir / "checkpoints" / "best.pth"
+
+    def save(self, path: Path, metrics: Optional[dict] = None):
+        """Everything --resume needs: the position (epoch, step), the epoch's running loss sums."""
+        if self.main_process:
+            checkpoint.save(path, self.model, optimizer=self.optimizer.state_dict(),
+                            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+                            epoch=self.epoch, step=self.step, best_score=self.best_score, rng=rng_state(),
+                            partial={"sums": self.sums or {}, "count": self.count},
+                            train_args=asdict(self.cfg), metrics=metrics or {})
+
+
+def setup(cfg: TrainConfig) -> Run:
+    """Data (masks cached, split by sequence), model, loss, optimiser; state from --resume."""
     rank, world = setup_distributed()
-    main_process = rank == 0
     device = pick_device(cfg.device)
     run_dir = Path(cfg.output_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    latest, best = ckpt_dir / "latest.pth", ckpt_dir / "best.pth"
+    latest = run_dir / "checkpoints" / "latest.pth"
     if latest.exists() and not cfg.resume:
         raise UserError(f"{latest} exists: pass --resume to continue that run, or choose another --output_dir")
     if cfg.resume and not latest.exists():
         raise UserError(f"--resume: {latest} not found; start without --resume")
+    if cfg.export:
+        checkpoint.check_writable(cfg.export, "--export")
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
 
-    # data: sequences, cached masks, split by sequence
     found, train_seqs, val_seqs = prepare_sequences(cfg, run_dir, rank)
-    if main_process:
+    if rank == 0:
         print(f"dataset: {found.layout} layout, {len(train_seqs)} training / {len(val_seqs)} validation sequences"
               f" ({', '.join(s.name for s in val_seqs) or 'none'}), {len(found.skipped)} skipped")
     train_set = data.ClipDataset(train_seqs, cfg.clip_length, cfg.crop_size, cfg.scale_factor,
@@ -274,7 +333,6 @@ def train(cfg: TrainConfig) -> dict:
     val_set = data.ClipDataset(val_seqs, cfg.val_frames, cfg.val_crop, cfg.scale_factor,
                                len(val_seqs), cfg.seed, train=False) if val_seqs else None
 
-    # model, loss, optimiser
     model = ROIDownsampler(DownsamplerConfig(scale_factor=cfg.scale_factor)).to(device)
     try:
         encoders = load_perceptual(cfg.perceptual_model, cfg.clip_model, cfg.clip_pretrained, cfg.blip_model)
@@ -290,104 +348,104 @@ def train(cfg: TrainConfig) -> dict:
     total_steps = cfg.epochs * cfg.steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)) * 0.95 + 0.05)
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-
-    # resume
-    start_epoch, start_step, best_score = 0, 0, float("inf")
+    run = Run(cfg, rank, world, device, run_dir, train_set, val_set, model, net, loss_fn, optimizer, scheduler,
+              scaler)
     if cfg.resume:
-        ckpt = read_checkpoint(latest)
+        ckpt = checkpoint.read(latest)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, start_step, best_score = ckpt["epoch"], ckpt["step"], ckpt["best_score"]
+        run.epoch, run.step, run.best_score = ckpt["epoch"], ckpt["step"], ckpt["best_score"]
+        run.sums, run.count = dict(ckpt["partial"]["sums"]) or None, ckpt["partial"]["count"]
         set_rng_state(ckpt["rng"])
-        if main_process:
-            print(f"resuming {latest} at epoch {start_epoch + 1}, step {start_step}")
+        if rank == 0:
+            print(f"resuming {latest} at epoch {run.epoch + 1}, step {run.step}")
+    elif rank == 0 and (run_dir / "train_log.jsonl").exists():
+        (run_dir / "train_log.jsonl").unlink()
+    return run
 
-    def save(path, epoch, step, metrics=None):
-        if main_process:
-            save_checkpoint(path, model, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                            scaler=scaler.state_dict(), epoch=epoch, step=step, best_score=best_score,
-                            rng=rng_state(), train_args=asdict(cfg), metrics=metrics or {})
 
-    log_path = run_dir / "train_log.jsonl"
-    if main_process and not cfg.resume and log_path.exists():
-        log_path.unlink()
-    last_val = {}
-    epoch, step = start_epoch, start_step
+def train_one_epoch(run: Run) -> None:
+    """The optimiser steps of epoch run.epoch from step run.step on; run.step/sums follow each step."""
+    cfg = run.cfg
+    use_amp = run.device.type == "cuda"
+    run.train_set.epoch = run.epoch
+    batches = [list(range(i * cfg.batch_size, (i + 1) * cfg.batch_size))
+               for i in range(run.step, cfg.steps_per_epoch) if i % run.world == run.rank]
+    loader = torch.utils.data.DataLoader(run.train_set, batch_sampler=batches, num_workers=cfg.workers)
+    bar = tqdm(loader, desc=f"epoch {run.epoch + 1}/{cfg.epochs}", unit="step", disable=not run.main_process,
+               initial=run.step, total=cfg.steps_per_epoch)
+    run.sums = run.sums or {}
+    for frames, masks_in, masks_score in bar:
+        frames, masks_in, masks_score = frames.to(run.device), masks_in.to(run.device), masks_score.to(run.device)
+        with torch.autocast(run.device.type, enabled=use_amp):
+            total, parts = run.loss_fn(run.net(frames, masks_in), frames, masks_score)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(total).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        run.scheduler.step()
+        run.step += 1
+        for k, v in parts.items():
+            run.sums[k] = run.sums.get(k, 0.0) + v
+        run.count += 1
+        bar.set_postfix({k: f"{v:.4f}" for k, v in parts.items()})
+
+
+def end_of_epoch(run: Run, seconds: float) -> dict:
+    """Validate, log, plot, and checkpoint (best.pth when validation improved, latest.pth always);
+    then move the position to the start of the next epoch."""
+    row = {}
+    if run.main_process:
+        val = validate(run.model, run.loss_fn, run.val_set, run.device, run.cfg.scale_factor) if run.val_set else {}
+        row = {"epoch": run.epoch + 1, "seconds": seconds, "lr": run.scheduler.get_last_lr()[0],
+               "train": {k: v / max(1, run.count) for k, v in (run.sums or {}).items()}, "val": val}
+        append_jsonl(run.run_dir / "train_log.jsonl", row)
+        if val:
+            print_epoch(run.epoch + 1, seconds, val)
+            plot_curves(run.run_dir / "train_log.jsonl", run.run_dir / "training_curves.png")
+    run.epoch, run.step, run.sums, run.count = run.epoch + 1, 0, None, 0
+    if run.main_process:
+        score = row["val"].get("loss", row["train"].get("roi", 0.0))
+        if score < run.best_score:
+            run.best_score = score
+            run.save(run.best, row)
+        run.save(run.latest, row)
+    return row
+
+
+def train(cfg: TrainConfig) -> dict:
+    run = setup(cfg)
+    row = {}
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            train_set.epoch = epoch
-            first = start_step if epoch == start_epoch else 0
-            batches = [list(range(i * cfg.batch_size, (i + 1) * cfg.batch_size))
-                       for i in range(first, cfg.steps_per_epoch) if i % world == rank]
-            loader = torch.utils.data.DataLoader(train_set, batch_sampler=batches, num_workers=cfg.workers)
-            sums, count, t0 = {}, 0, time.time()
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", disable=not main_process,
-                       initial=first, total=cfg.steps_per_epoch)
-            for step_in_epoch, (frames, masks) in enumerate(bar, start=first):
-                frames, masks = frames.to(device), masks.to(device)
-                with torch.autocast(device.type, enabled=use_amp):
-                    total, parts = loss_fn(net(frames, masks), frames, masks)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                step = step_in_epoch + 1
-                for k, v in parts.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                count += 1
-                bar.set_postfix({k: f"{v:.4f}" for k, v in parts.items()})
-            step = 0
-            epoch_time = time.time() - t0
-            train_means = {k: v / max(1, count) for k, v in sums.items()}
-            if main_process:
-                last_val = validate(model, loss_fn, val_set, device, cfg.scale_factor) if val_set else {}
-                score = last_val.get("loss", train_means.get("roi", 0.0))
-                row = {"epoch": epoch + 1, "seconds": epoch_time, "lr": scheduler.get_last_lr()[0],
-                       "train": train_means, "val": last_val}
-                append_jsonl(log_path, row)
-                if last_val:
-                    print(f"epoch {epoch + 1}: {epoch_time:.1f}s, val loss {last_val['loss']:.4f}, x264 bytes "
-                          f"{last_val['model_bytes']} vs area {last_val['area_bytes']} "
-                          f"({last_val['bytes_saved_pct']:+.1f}% saved), ROI-PSNR {last_val['model_roi_psnr']:.2f} "
-                          f"vs {last_val['area_roi_psnr']:.2f} dB, bg flicker {last_val['model_flicker']:.2f} "
-                          f"vs {last_val['area_flicker']:.2f}")
-                    plot_curves(log_path, run_dir / "training_curves.png")
-                if score < best_score:
-                    best_score = score
-                    save(best, epoch + 1, 0, row)
-                save(latest, epoch + 1, 0, row)
+        while run.epoch < cfg.epochs:
+            t0 = time.time()
+            train_one_epoch(run)
+            row = end_of_epoch(run, time.time() - t0)
     except KeyboardInterrupt:
-        save(latest, epoch, step, {"interrupted": True})
-        if main_process:
-            print(f"\ninterrupted: saved {latest} (epoch {epoch + 1}, step {step}); continue with --resume",
-                  file=sys.stderr)
+        # the position saved is exact: an interrupt during validation resumes at "all steps done",
+        # which validates the finished epoch and goes on (the epoch's loss sums are kept too)
+        run.save(run.latest, {"interrupted": True})
+        if run.main_process:
+            print(f"\ninterrupted: saved {run.latest} (epoch {run.epoch + 1}, step {run.step}); continue with "
+                  f"--resume", file=sys.stderr)
         raise
-    if main_process and cfg.export:
-        export_checkpoint(best, cfg.export)
-        print(f"exported {best} -> {cfg.export}")
+    if run.main_process and cfg.export:
+        checkpoint.export(run.best, cfg.export)
+        print(f"exported {run.best} -> {cfg.export}")
     if dist.is_initialized():
         dist.destroy_process_group()
-    return {"val": last_val, "best_score": best_score, "checkpoint": str(best)}
+    return {"val": row.get("val", {}), "best_score": run.best_score, "checkpoint": str(run.best)}
 
 
 def main(argv=None) -> int:
-    plain_warnings()
-    try:
-        cfg = parse_args(argv)
-        result = train(cfg)
+    def run(argv):
+        result = train(parse_args(argv))
         print(f"done: best checkpoint {result['checkpoint']}")
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+    return run_cli(run, argv, "saved checkpoints/latest.pth; continue with --resume")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import io
 import os
 import re
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -27,20 +26,13 @@ from typing import Iterator, Optional
 import cv2
 import numpy as np
 
+from errors import UserError, warn
+
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 DEFAULT_FPS = 25.0
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-
-class UserError(Exception):
-    """A problem with the user's input, reported as one line (no traceback) by every CLI."""
-
-
-def plain_warnings() -> None:
-    """CLI warnings as one line ('WARNING: ...'), without Python's source-line echo."""
-    warnings.formatwarning = lambda message, *args, **kwargs: f"WARNING: {message}\n"
 
 
 def natural_key(name: str):
@@ -61,17 +53,28 @@ def is_video_file(path: Path) -> bool:
 
 @dataclass
 class VideoInfo:
-    source: str
     width: int
     height: int
     fps: float
     num_frames: Optional[int]  # None when the container does not say
 
 
+class quiet_opencv:
+    """Silence OpenCV's own [ WARN ]/[ERROR] log lines while decoding: our one-line error says it."""
+
+    def __enter__(self):
+        self.level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+    def __exit__(self, *exc):
+        cv2.utils.logging.setLogLevel(self.level)
+
+
 def read_image_rgb(path: Path) -> np.ndarray:
     """One image as RGB uint8; UserError naming the file when it cannot be decoded."""
     data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    with quiet_opencv():
+        img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if img is None:
         raise UserError(f"{path}: cannot decode this image; replace or remove it "
                         f"(or pass --skip_bad_frames to skip unreadable frames)")
@@ -96,19 +99,22 @@ def check_input_path(path) -> Path:
 class FrameReader:
     """Iterate RGB uint8 frames of a frame folder or a video file, one at a time.
 
-    ``skip_bad=True`` turns an undecodable frame into a warning and skips it (opt-in);
-    otherwise it is a UserError naming the file. Frames of a different size are always an error.
+    ``skip_bad=True`` turns an undecodable frame (or a truncated video's missing end) into a
+    warning, recorded in ``skipped`` (opt-in); otherwise it is a UserError naming the file and the
+    frame reached. Frames of a different size are always an error. ``last_name`` is the file name
+    of the frame just yielded (frame folders), so masks can be paired by name. RGBA alpha is dropped.
     """
 
     def __init__(self, path, fps: Optional[float] = None, skip_bad: bool = False):
         self.path = check_input_path(path)
         self.skip_bad = skip_bad
         self.skipped: list[str] = []
+        self.last_name: Optional[str] = None
         if self.path.is_dir():
             self.files = list_frame_files(self.path)
             first = self._first_readable()
             h, w = first.shape[:2]
-            self.info = VideoInfo(str(self.path), w, h, float(fps or DEFAULT_FPS), len(self.files))
+            self.info = VideoInfo(w, h, float(fps or DEFAULT_FPS), len(self.files))
         else:
             self.files = None
             self.info = probe_video(self.path)
@@ -124,9 +130,6 @@ class FrameReader:
                     raise
         raise UserError(f"{self.path}: none of the {len(self.files)} frames could be decoded")
 
-    def __len__(self) -> int:
-        return self.info.num_frames or 0
-
     def __iter__(self) -> Iterator[np.ndarray]:
         if self.files is not None:
             yield from self._iter_folder()
@@ -140,25 +143,42 @@ class FrameReader:
             except UserError:
                 if not self.skip_bad:
                     raise
-                warnings.warn(f"skipping unreadable frame {f}")
+                warn(f"skipping unreadable frame {f}")
                 self.skipped.append(str(f))
                 continue
             if frame.shape[:2] != (self.info.height, self.info.width):
                 raise UserError(f"{f}: frame is {frame.shape[1]}x{frame.shape[0]} but the first frame "
                                 f"is {self.info.width}x{self.info.height}; all frames must have one size")
+            self.last_name = f.name
             yield frame
 
     def _iter_video(self):
         import av
+        n, expected = 0, self.info.num_frames
         try:
             with av.open(str(self.path)) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
+                if not expected and container.duration and stream.average_rate:  # e.g. mkv: from the duration
+                    expected = int(container.duration / 1e6 * float(stream.average_rate) + 0.5)
+                    slack = 2
+                else:
+                    slack = 0
                 for frame in container.decode(stream):
+                    n += 1
                     yield frame.to_ndarray(format="rgb24")
         except av.error.FFmpegError as e:
-            raise UserError(f"{self.path}: video cannot be decoded ({e.__class__.__name__}); "
-                            f"re-encode it (e.g. ffmpeg -i in -c:v libx264 out.mp4) or extract frames") from None
+            self._truncated(f"decoding failed at frame {n} ({e.__class__.__name__})")
+            return
+        if expected and n < expected - slack:
+            self._truncated(f"the container announces {expected} frames but only {n} decode (truncated?)")
+
+    def _truncated(self, what: str) -> None:
+        if not self.skip_bad:
+            raise UserError(f"{self.path}: {what}; repair or re-encode the video (e.g. ffmpeg -i in -c:v libx264 "
+                            f"out.mp4), or pass --skip_bad_frames to keep the frames that decode")
+        warn(f"{self.path}: {what}; keeping the frames that decode (--skip_bad_frames)")
+        self.skipped.append(f"{self.path}: {what}")
 
 
 def probe_video(path: Path) -> VideoInfo:
@@ -171,7 +191,7 @@ def probe_video(path: Path) -> VideoInfo:
             s = container.streams.video[0]
             fps = float(s.average_rate) if s.average_rate else DEFAULT_FPS
             n = s.frames or None
-            return VideoInfo(str(path), s.codec_context.width, s.codec_context.height, fps, n)
+            return VideoInfo(s.codec_context.width, s.codec_context.height, fps, n)
     except av.error.FFmpegError as e:
         raise UserError(f"{path}: not a readable video ({e.__class__.__name__}); "
                         f"check the file or extract its frames to a folder") from None
@@ -204,6 +224,69 @@ def atomic_write_bytes(path, data: bytes) -> None:
         raise
 
 
+CONTRACT_NAMES = {"frames", "masks", "video.mp4", "report.json", "debug"}
+
+
+def is_result_folder(folder: Path) -> bool:
+    """A folder inference.py wrote: only contract files, or subfolders that are results themselves."""
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    return all(p.name in CONTRACT_NAMES or (p.is_dir() and is_result_folder(p)) for p in entries)
+
+
+class ResultFolder:
+    """Build a result in a hidden sibling folder and move it into place on commit(), so the final
+    folder holds a complete result or nothing new (error, Ctrl-C, SIGTERM: the temp is removed).
+
+    An existing folder is replaced as a whole only when it is a previous result (contract files
+    only); anything else there is an error, never deleted. A lock file refuses a second run into
+    the same folder while the first is writing."""
+
+    def __init__(self, final, flag: str = "--output_dir"):
+        self.final, self.flag = Path(final), flag
+        self.path: Optional[Path] = None
+        self.lock = None
+
+    def __enter__(self) -> "ResultFolder":
+        import fcntl
+        final = self.final
+        if final.exists() and not final.is_dir():
+            raise UserError(f"{self.flag} {final}: is a file, not a folder; choose another {self.flag}")
+        if final.is_dir() and not is_result_folder(final):
+            raise UserError(f"{self.flag} {final}: holds files that are not an earlier result; choose an empty or "
+                            f"new folder (an earlier result there is replaced as a whole)")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = open(final.parent / f".{final.name}.lock", "w")
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.lock.close()
+            raise UserError(f"{self.flag} {final}: another run is writing there; wait for it or choose "
+                            f"another folder") from None
+        self.path = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+        os.chmod(self.path, 0o777 & ~_UMASK)
+        return self
+
+    def commit(self) -> None:
+        """Swap the finished temp folder into place (an earlier result is removed after the swap)."""
+        import shutil
+        old = None
+        if self.final.exists():
+            old = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{self.final.name}.old-"))
+            os.replace(self.final, old / "result")
+        os.replace(self.path, self.final)
+        self.path = None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def __exit__(self, *exc) -> None:
+        import shutil
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+        if self.lock is not None:
+            self.lock.close()
+            Path(self.lock.name).unlink(missing_ok=True)
+
+
 def write_png(path, image: np.ndarray) -> None:
     """RGB (H,W,3) or gray (H,W) uint8 to PNG, atomically."""
     if image.ndim == 3:
@@ -221,6 +304,59 @@ def frame_name(index: int) -> str:
     return f"{index:05d}.png"
 
 
+def roi_rectangles(mask: np.ndarray, block: int = 16) -> list[tuple[int, int, int, int]]:
+    """(x, y, w, h) rectangles on the macroblock grid that cover every non-zero pixel of `mask`:
+    runs of ROI macroblocks per row, merged downwards while they have the same extent."""
+    h, w = mask.shape[:2]
+    rows, cols = -(-h // block), -(-w // block)
+    padded = np.zeros((rows * block, cols * block), bool)
+    padded[:h, :w] = mask > 0
+    blocks = padded.reshape(rows, block, cols, block).any((1, 3))
+    open_runs, rects = {}, []  # (x0, x1) -> [y0, y1]
+    for r in range(rows + 1):
+        runs = set()
+        if r < rows:
+            c = 0
+            while c < cols:
+                if blocks[r, c]:
+                    c0 = c
+                    while c < cols and blocks[r, c]:
+                        c += 1
+                    runs.add((c0, c))
+                c += 1
+        for run in list(open_runs):
+            if run not in runs:
+                y0, y1 = open_runs.pop(run)
+                rects.append((run[0] * block, y0 * block, (run[1] - run[0]) * block, (y1 - y0) * block))
+        for run in runs:
+            if run in open_runs:
+                open_runs[run][1] = r + 1
+            else:
+                open_runs[run] = [r, r + 1]
+    return [(x, y, min(rw, w - x), min(rh, h - y)) for x, y, rw, rh in sorted(rects, key=lambda t: (t[1], t[0]))]
+
+
+def with_roi_offsets(frame, rects, qoffset: float):
+    """The frame with x264 ROI quantiser offsets attached (AV_FRAME_DATA_REGIONS_OF_INTEREST), by
+    running FFmpeg's ``addroi`` filter once per rectangle. Negative qoffset = better quality inside
+    (-1..1, relative to x264's quantiser range). x264 honours it with adaptive quantisation on."""
+    import av.filter
+    if not rects or qoffset == 0:
+        return frame
+    graph = av.filter.Graph()
+    node = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
+                            time_base=frame.time_base or fractions.Fraction(1, 25))
+    for x, y, w, h in rects:
+        roi = graph.add("addroi", f"x={x}:y={y}:w={w}:h={h}:qoffset={qoffset:.4f}")
+        node.link_to(roi)
+        node = roi
+    sink = graph.add("buffersink")
+    node.link_to(sink)
+    graph.configure()
+    graph.push(frame)
+    return graph.pull()
+
+
 class _H264Stream:
     """A libx264 (yuv420p) stream in an open PyAV container: odd sizes are edge-padded to even,
     and the H.264 payload (sum of packet sizes) is counted. threads=0 lets x264 choose."""
@@ -233,14 +369,21 @@ class _H264Stream:
         self.stream.options = {"crf": str(int(crf)), "preset": preset}
         self.frames = self.payload = 0
 
-    def write(self, rgb: np.ndarray) -> None:
+    def write(self, rgb: np.ndarray, rects=(), qoffset: float = 0.0) -> None:
+        """One frame; `rects` (x, y, w, h) get x264 ROI quantiser offset `qoffset`."""
         import av
         h, w = rgb.shape[:2]
         if h % 2 or w % 2:
             rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         if self.frames == 0:
             self.stream.width, self.stream.height = rgb.shape[1], rgb.shape[0]
-        self._mux(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"))
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        if rects and qoffset:
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.time_base = self.frames, self.stream.codec_context.time_base or fractions.Fraction(1, 25)
+            frame = with_roi_offsets(frame, rects, qoffset)
+            frame.pts = None  # let the encoder number frames as it does without ROI
+        self._mux(frame)
         self.frames += 1
 
     def flush(self) -> None:
@@ -267,8 +410,8 @@ class H264Writer:
         self.container = av.open(str(self.tmp), mode="w")
         self.encoder = _H264Stream(self.container, fps, crf, preset)
 
-    def write(self, rgb: np.ndarray) -> None:
-        self.encoder.write(rgb)
+    def write(self, rgb: np.ndarray, rects=(), qoffset: float = 0.0) -> None:
+        self.encoder.write(rgb, rects, qoffset)
 
     def close(self) -> int:
         """Flush, move into place, return the size in bytes."""
@@ -286,11 +429,13 @@ class H264Writer:
             self.tmp.unlink()
 
 
-def encode_h264_bytes(frames, fps: float, crf: int, preset: str = "medium") -> tuple[int, list[np.ndarray]]:
+def encode_h264_bytes(frames, fps: float, crf: int, preset: str = "medium", rois=None,
+                      qoffset: float = 0.0) -> tuple[int, list[np.ndarray]]:
     """Encode frames with libx264 in memory (for evaluation): return (bitstream bytes, decoded RGB).
 
     Bytes are the H.264 payload (sum of packet sizes), not the mp4 file: the container's fixed
-    ~1 kB would otherwise swamp small clips. One encoder thread, because x264's output depends
+    ~1 kB would otherwise swamp small clips. `rois` (one list of rectangles per frame) get x264
+    ROI quantiser offset `qoffset` (see with_roi_offsets). One encoder thread, because x264's output depends
     on its thread count, and the same frames must give the same bytes on every machine.
     """
     import av
@@ -298,8 +443,8 @@ def encode_h264_bytes(frames, fps: float, crf: int, preset: str = "medium") -> t
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
         encoder = _H264Stream(container, fps, crf, preset, threads=1)
-        for f in frames:
-            encoder.write(f)
+        for i, f in enumerate(frames):
+            encoder.write(f, rois[i] if rois is not None else (), qoffset)
         encoder.flush()
         size = encoder.payload
     buffer.seek(0)

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import calibrate_gate as cal
-from roi_downsampler import PARAM_NAMES, DownsamplerConfig, ROIDownsampler, load_model, save_checkpoint
+from checkpoint import load_model, save as save_checkpoint
+from roi_downsampler import PARAM_NAMES, DownsamplerConfig, ROIDownsampler
 from conftest import moving_square_frames
 from test_training import make_davis
 

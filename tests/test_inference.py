@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import inference
-from roi_downsampler import DownsamplerConfig, ROIDownsampler, save_checkpoint
+from checkpoint import save as save_checkpoint
+from roi_downsampler import DownsamplerConfig, ROIDownsampler
 from video_io import H264Writer, FrameReader, read_image_rgb, write_png
 from conftest import moving_square_frames
 

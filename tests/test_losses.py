@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from blip_clip_loss import (CombinedLoss, LossWeights, PerceptualUnavailable, area_reference, blip_embedder,
-                            boundary_loss, clip_embedder, load_perceptual, perceptual_loss, rate_proxy, roi_at_output,
+                            boundary_loss, clip_embedder, load_perceptual, perceptual_loss, rate_proxy, tensor_roi_at_output,
                             roi_loss, temporal_loss)
 from roi_downsampler import DownsamplerConfig, ROIDownsampler
 
@@ -40,7 +40,7 @@ def blur(x, k=5):
 
 def test_roi_loss_rises_when_the_roi_is_blurred():
     frames, masks = textured_clip()
-    ref, roi = area_reference(frames, 2), roi_at_output(masks, 2)
+    ref, roi = area_reference(frames, 2), tensor_roi_at_output(masks, 2)
     sharp = roi_loss(ref, ref, roi)
     blurred = ref * (1 - roi) + blur(ref) * roi
     assert sharp < 1e-4 < roi_loss(blurred, ref, roi)
@@ -56,14 +56,14 @@ def test_roi_loss_counts_small_objects_as_much_as_large_ones():
 
 def test_rate_proxy_falls_when_the_background_is_blurred():
     frames, masks = textured_clip()
-    ref, roi = area_reference(frames, 2), roi_at_output(masks, 2)
+    ref, roi = area_reference(frames, 2), tensor_roi_at_output(masks, 2)
     simplified = ref * roi + blur(ref) * (1 - roi)
     assert rate_proxy(simplified, roi) < rate_proxy(ref, roi)
 
 
 def test_temporal_loss_punishes_flicker_not_motion_or_holding():
     frames, masks = textured_clip()
-    ref, roi = area_reference(frames, 2), roi_at_output(masks, 2)
+    ref, roi = area_reference(frames, 2), tensor_roi_at_output(masks, 2)
     assert temporal_loss(ref, ref, roi) == 0  # following the reference's own change is free
     held = ref[:, :1].expand_as(ref)
     assert temporal_loss(held, ref, roi) == 0  # changing less than the reference is free
@@ -75,7 +75,7 @@ def test_boundary_loss_charges_a_jumping_sharp_blurred_boundary():
     frames, masks = textured_clip()
     ref = area_reference(frames, 2)
     ref = ref[:, :1].expand_as(ref)               # a still scene
-    still = roi_at_output(masks, 2)
+    still = tensor_roi_at_output(masks, 2)
     jumping = still.clone()
     jumping[:, 1::2] = torch.roll(still[:, 1::2], 4, dims=-1)  # the ROI jumps every other frame
     composite = lambda m: ref * m + blur(ref) * (1 - m)

@@ -2,9 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from roi_downsampler import (CHECKPOINT_VERSION, PARAM_NAMES, DownsamplerConfig, ROIDownsampler, area_pool,
-                             block_max, box_blur, count_parameters, dilate, erode, load_model, save_checkpoint)
-from video_io import UserError
+from checkpoint import VERSION as CHECKPOINT_VERSION, load_model, save as save_checkpoint
+from roi_downsampler import (PARAM_NAMES, DownsamplerConfig, ROIDownsampler, area_pool, box_blur, count_parameters,
+                             dilate, erode, max_pool)
+from errors import UserError
 
 
 def clip(b=1, t=4, h=32, w=48, seed=0):
@@ -130,7 +131,7 @@ def test_fast_pooling_ops_equal_torch_reference(shape):
         ref = F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)
         assert torch.allclose(box_blur(x, k), ref, atol=1e-6)
     for s in (2, 4):
-        assert torch.equal(block_max(x, s), F.max_pool2d(x, s, ceil_mode=True))
+        assert torch.equal(max_pool(x, s), F.max_pool2d(x, s, ceil_mode=True))
         assert torch.allclose(area_pool(x, s), F.avg_pool2d(x, s, ceil_mode=True), atol=1e-6)
 
 

@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
-from roi_sources import KeyframeSource, MaskFolderSource, YoloSegmenter, class_ids, load_yolo, make_roi_source
-from video_io import UserError, write_png
+from roi_sources import (KeyframeSource, MaskFolderSource, RoiOptions, YoloSegmenter, class_ids, load_yolo,
+                         make_roi_source)
+from video_io import write_png
+from errors import UserError
 from conftest import moving_square_frames
 
 
@@ -46,10 +48,14 @@ def test_yolo_architecture_from_yaml_segments_offline():
 def test_mask_folder_matches_frames_by_name(tmp_path):
     write_png(tmp_path / "m" / "b.png", np.full((4, 6), 255, np.uint8))
     write_png(tmp_path / "m" / "a.png", np.zeros((4, 6), np.uint8))
-    src = MaskFolderSource(tmp_path / "m", ["a.jpg", "b.jpg", "c.jpg"])
+    src = MaskFolderSource(tmp_path / "m", ["a.jpg", "b.jpg"])
     frame = np.zeros((8, 12, 3), np.uint8)
-    assert src.mask(frame).max() == 0 and src.mask(frame).shape == (8, 12)
+    # paired by name, not by order: a skipped frame never shifts the masks
+    assert src.mask(frame, "b.jpg").min() == 1 and src.mask(frame, "a.jpg").max() == 0
+    assert src.mask(frame, "a.jpg").shape == (8, 12)
     with pytest.raises(UserError, match="no mask for frame 'c.jpg'"):
-        src.mask(frame)
+        src.mask(frame, "c.jpg")
+    with pytest.raises(UserError, match="no mask for frame 'c.jpg'"):  # checked before anything runs
+        MaskFolderSource(tmp_path / "m", ["a.jpg", "c.jpg"])
     with pytest.raises(UserError, match="--masks_dir"):
-        make_roi_source("masks", masks_dir=tmp_path / "missing")
+        make_roi_source(RoiOptions(roi_source="masks", masks_dir=tmp_path / "missing"))

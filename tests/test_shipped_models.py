@@ -6,8 +6,9 @@ import torch
 
 import demo_data
 import metrics
-from evaluate import roi_at_output, run_model
-from roi_downsampler import default_checkpoint, load_model
+from checkpoint import default_path as default_checkpoint, load_model
+from engine import downsample as run_model
+from metrics import roi_at_output
 from video_io import encode_h264_bytes
 
 

@@ -6,7 +6,8 @@ import torch
 
 import data
 import train_roi_downsampler as trainer
-from video_io import H264Writer, UserError, write_png
+from video_io import H264Writer, write_png
+from errors import UserError
 from conftest import moving_square_frames
 
 
@@ -41,12 +42,12 @@ def test_folder_of_sequences_and_folder_of_videos(tmp_path):
     assert all(s.masks is None for s in seqs.sequences + vids.sequences)
 
 
-def test_bad_sequences_are_named_and_skipped(tmp_path):
+def test_bad_sequences_are_named_and_skipped(tmp_path, capsys):
     root = make_davis(tmp_path / "davis")
     (root / "JPEGImages" / "480p" / "b" / "00000.png").write_bytes(b"broken")
     (root / "JPEGImages" / "480p" / "empty").mkdir()
-    with pytest.warns(UserWarning):
-        found = data.discover(root, tmp_path / "cache")
+    found = data.discover(root, tmp_path / "cache")
+    assert capsys.readouterr().err.count("WARNING: skipping sequence") == 2
     assert [s.name for s in found.sequences] == ["a", "c"]
     assert len(found.skipped) == 2 and any(s.startswith("b:") for s in found.skipped)
     with pytest.raises(UserError, match="no such folder"):
@@ -77,7 +78,7 @@ def test_masks_are_computed_once_per_frame_and_invalidated_by_changes(tmp_path):
     CountingSegmenter.calls = 0
     for epoch in range(3):
         cached = data.cache_masks(seq, CountingSegmenter, "key1", tmp_path / "masks")
-    assert CountingSegmenter.calls == 4 and all(p.exists() for p in cached.masks)
+    assert CountingSegmenter.calls == 4 and all(p.exists() for p in cached.roi_masks)
     write_png(seq.frames[2], 255 - frames[2])  # a changed frame: only it is recomputed
     data.cache_masks(seq, CountingSegmenter, "key1", tmp_path / "masks")
     assert CountingSegmenter.calls == 5
@@ -99,7 +100,7 @@ def test_training_writes_checkpoints_log_and_curves(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
     assert {"model_bytes", "area_bytes", "model_roi_psnr", "area_roi_psnr", "model_flicker"} <= set(rows[0]["val"])
     assert (out / "training_curves.png").stat().st_size > 1000 and (tmp_path / "exported.pth").exists()
-    from roi_downsampler import load_model
+    from checkpoint import load_model
     load_model(tmp_path / "exported.pth", expected_scale=2)
     # a second run into the same folder must not clobber it silently
     assert trainer.main(tiny_args(dataset, out)) == 2
@@ -108,7 +109,7 @@ def test_training_writes_checkpoints_log_and_curves(tmp_path):
 def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch):
     dataset = make_davis(tmp_path / "davis")
     assert trainer.main(tiny_args(dataset, tmp_path / "full")) == 0
-    reference = torch.load(tmp_path / "full" / "checkpoints" / "latest.pth", weights_only=False)["model"]
+    reference = torch.load(tmp_path / "full" / "checkpoints" / "latest.pth", weights_only=True)["model"]
 
     from blip_clip_loss import CombinedLoss
     original, calls = CombinedLoss.forward, {"n": 0}
@@ -121,9 +122,9 @@ def test_resume_after_interrupt_equals_uninterrupted(tmp_path, monkeypatch):
     monkeypatch.setattr(CombinedLoss, "forward", interrupt_on_fifth_step)
     assert trainer.main(tiny_args(dataset, tmp_path / "cut")) == 130
     monkeypatch.setattr(CombinedLoss, "forward", original)
-    assert torch.load(tmp_path / "cut" / "checkpoints" / "latest.pth", weights_only=False)["step"] == 1
+    assert torch.load(tmp_path / "cut" / "checkpoints" / "latest.pth", weights_only=True)["step"] == 1
     assert trainer.main(tiny_args(dataset, tmp_path / "cut", "--resume")) == 0
-    resumed = torch.load(tmp_path / "cut" / "checkpoints" / "latest.pth", weights_only=False)["model"]
+    resumed = torch.load(tmp_path / "cut" / "checkpoints" / "latest.pth", weights_only=True)["model"]
     assert all(torch.allclose(reference[k], resumed[k], atol=1e-6) for k in reference)
 
 

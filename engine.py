@@ -1,0 +1,97 @@
+"""Running the network on a video: numpy frames in, numpy frames out, state carried between chunks.
+
+``stream`` is the one streaming loop (inference, evaluation, calibration): it primes the
+background gate on the first frames, runs the network chunk by chunk with its temporal state
+carried, and yields uint8 outputs as soon as a chunk is done -- memory stays flat and the
+result does not depend on the chunk size.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from errors import UserError
+from roi_downsampler import PARAM_NAMES, DownsamplerState, ROIDownsampler
+
+
+def frames_to_tensor(frames) -> torch.Tensor:
+    """RGB uint8 frames (..., H, W, 3) (numpy) -> float (..., 3, H, W) in [0, 1], the network's input."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).movedim(-1, -3).float().div_(255)
+
+
+def masks_to_tensor(masks) -> torch.Tensor:
+    """ROI masks (..., H, W) with 1 = object (numpy, any dtype) -> float (..., 1, H, W), the network's input."""
+    return torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32)).unsqueeze(-3)
+
+
+def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
+    """(..., C, h, w) in [0, 1] -> uint8 (..., h, w, C) numpy, rounded as it is written to disk."""
+    return np.ascontiguousarray(x.detach().clamp(0, 1).mul(255).round().byte().movedim(-3, -1).cpu().numpy())
+
+
+def pick_device(name: str) -> torch.device:
+    """--device: 'auto' takes CUDA when present (the local rank's GPU under torchrun)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available here; use --device cpu or auto")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: unknown device; use cpu, cuda, cuda:N or auto") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: not supported; use cpu, cuda, cuda:N or auto")
+    return device
+
+
+@dataclass
+class Chunk:
+    """What stream() yields for each chunk of frames."""
+    images: np.ndarray    # (T, h, w, 3) uint8 output frames
+    softs: np.ndarray     # (T, h, w) uint8 soft importance masks
+    params: list[dict]    # per frame, PARAM_NAMES -> value (as applied)
+    inputs: list          # the (frame, mask) pairs this chunk was made from
+    state: DownsamplerState
+    gate_features: torch.Tensor  # (T, 4) what the background gate saw, per frame
+
+
+@torch.no_grad()
+def stream(model: ROIDownsampler, pairs: Iterable, batch: int = 8, device="cpu") -> Iterator[Chunk]:
+    """Downsample an iterable of (RGB uint8 frame, float mask) pairs chunk by chunk.
+
+    The first chunk holds at least ``model.cfg.gate_lookahead`` frames: the background gate
+    looks at them (``prime``) before deciding on frame 0."""
+    if batch < 1:
+        raise UserError(f"--batch_size must be >= 1, got {batch}")
+    state, pending = None, []
+
+    def run(chunk):
+        nonlocal state
+        frames = frames_to_tensor(np.stack([f for f, _ in chunk]))[None].to(device)
+        masks = masks_to_tensor(np.stack([m for _, m in chunk]))[None].to(device)
+        if state is None:
+            state = model.prime(frames, masks)
+        out = model(frames, masks, state)
+        state = out.state
+        params = [dict(zip(PARAM_NAMES, p)) for p in out.params[0].tolist()]
+        return Chunk(tensor_to_frames(out.frames[0]), tensor_to_frames(out.masks[0])[..., 0], params, chunk, state,
+                     out.gate_features[0].cpu())
+
+    for pair in pairs:
+        pending.append(pair)
+        if len(pending) >= max(batch, model.cfg.gate_lookahead if state is None else 0):
+            yield run(pending)
+            pending = []
+    if pending:
+        yield run(pending)
+
+
+def downsample(model: ROIDownsampler, frames, masks, batch: int = 8) -> list[np.ndarray]:
+    """The whole clip at once (evaluation, calibration): a list of uint8 output frames."""
+    return [img for chunk in stream(model, zip(frames, masks), batch) for img in chunk.images]
