@@ -125,6 +125,20 @@ def discover(dataset_path, cache_dir: Path) -> Discovery:
     return result
 
 
+def discover_all(roots: list, cache_dir: Path) -> Discovery:
+    """Several datasets trained on together; sequence names must stay unique."""
+    found = [discover(r, cache_dir) for r in roots if str(r)]
+    if not found:
+        raise UserError("--dataset_path is empty; pass a dataset folder")
+    merged = Discovery("+".join(f.layout for f in found), [s for f in found for s in f.sequences],
+                       [k for f in found for k in f.skipped])
+    names = [s.name for s in merged.sequences]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise UserError(f"--dataset_path: sequence name(s) {', '.join(dup)} occur in more than one dataset; rename")
+    return merged
+
+
 def split_sequences(seqs: list[Sequence], val_fraction: float, val_names: Optional[list[str]] = None):
     """Train/validation split by sequence, never by frame; deterministic (by name hash)."""
     if val_names:

@@ -79,7 +79,8 @@ class TrainConfig:
 def parse_args(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     helps = {
-        "dataset_path": "DAVIS-2017 root, folder of sequences, folder of videos, or one clip",
+        "dataset_path": "DAVIS root (2016/2017 layout), folder of sequences, folder of videos, or one clip; "
+                        "several, comma-separated, are trained on together",
         "roi_source": "what the network sees: auto (annotations where present, else YOLO, else motion) | yolo | "
                       "motion (for every sequence; annotations, where present, are what the losses score) | masks",
         "seg_model_path": "Ultralytics YOLO segmentation weights, .pt or exported .onnx",
@@ -148,7 +149,7 @@ def prepare_sequences(cfg: TrainConfig, run_dir: Path, rank: int):
     """Sequences with the network's input masks cached, split by sequence into train / validation.
     --roi_source yolo|motion: every sequence gets detector masks as input (annotations, where
     present, are what the losses score); auto: annotations as input where they exist."""
-    found = data.discover(cfg.dataset_path, run_dir / "cache")
+    found = data.discover_all(cfg.dataset_path.split(","), run_dir / "cache")
     detect_all = cfg.roi_source in ("yolo", "motion")
     needs = [s for s in found.sequences if detect_all or s.masks is None]
     key, factory = mask_source_factory(cfg, bool(needs))

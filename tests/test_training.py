@@ -136,3 +136,38 @@ def test_missing_perceptual_weights_is_an_error_unless_allowed(tmp_path, capsys)
     assert trainer.main(args) == 2
     assert "--allow_missing_perceptual" in capsys.readouterr().err
     assert trainer.main(args + ["--allow_missing_perceptual"]) == 0
+
+
+def test_interrupt_during_validation_resumes_without_retraining_the_epoch(tmp_path, monkeypatch):
+    dataset = make_davis(tmp_path / "davis")
+    assert trainer.main(tiny_args(dataset, tmp_path / "full")) == 0
+    reference = torch.load(tmp_path / "full" / "checkpoints" / "latest.pth", weights_only=True)["model"]
+    original = trainer.validate
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(trainer, "validate", interrupted)
+    assert trainer.main(tiny_args(dataset, tmp_path / "cut")) == 130
+    saved = torch.load(tmp_path / "cut" / "checkpoints" / "latest.pth", weights_only=True)
+    assert (saved["epoch"], saved["step"]) == (0, 3)  # all steps of epoch 1 done, its validation pending
+    monkeypatch.setattr(trainer, "validate", original)
+    assert trainer.main(tiny_args(dataset, tmp_path / "cut", "--resume")) == 0
+    resumed = torch.load(tmp_path / "cut" / "checkpoints" / "latest.pth", weights_only=True)["model"]
+    assert all(torch.allclose(reference[k], resumed[k], atol=1e-6) for k in reference)
+    rows = [json.loads(l) for l in (tmp_path / "cut" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[0]["train"]
+
+
+def test_corrupt_frame_mid_sequence_skips_that_sequence(tmp_path, capsys):
+    root = make_davis(tmp_path / "davis")
+    (root / "JPEGImages" / "480p" / "b" / "00003.png").write_bytes(b"broken")
+    found = data.discover(root, tmp_path / "cache")
+    assert [s.name for s in found.sequences] == ["a", "c"] and "00003.png" in found.skipped[0]
+
+
+def test_unwritable_export_fails_before_training(tmp_path, capsys):
+    dataset = make_davis(tmp_path / "davis")
+    (tmp_path / "file").write_text("x")
+    code = trainer.main(tiny_args(dataset, tmp_path / "run", "--export", str(tmp_path / "file" / "m.pth")))
+    assert code == 2 and "--export" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists()
