@@ -1,13 +1,24 @@
 """Rate-distortion evaluation of downscalers after a real encoder (x264), as the field reports it.
 
-    python evaluate.py --input clip.mp4 --roi_source motion --output_dir output/eval/clip
-    python evaluate.py --suite --scale_factor 2          # the README's table, on held-out clips
+    python evaluate.py --suite --scale_factor 2 --output_dir output/eval_x2      # the README's tables
+    python evaluate.py --input clip.mp4 --roi_source yolo --gt_masks clip_masks --output_dir output/eval/clip
 
-Each method downscales the same clip under the same ROI masks; every output is encoded with
-libx264 at CRF 18/23/28/33/38 and decoded; distortion is measured against the area-downscaled
-reference inside the ROI (ROI-PSNR, ROI-SSIM) and outside it (background PSNR). BD-rate (bytes
-vs ROI-PSNR, Akima, `bjontegaard` package) is reported against plain area downscaling.
-The clip is held in memory: evaluation is for short clips (--max_frames).
+What a method sees is not what the score uses. The methods get the ROI masks of --roi_source
+(the same flags and code path as inference: a real detector misses and mis-shapes objects);
+the score uses --gt_masks (human annotations). Without --gt_masks the methods' own masks are
+the score ("oracle" mode, which hides the detector's misses) and the report says so.
+
+Every output is encoded with libx264 (preset medium, one thread) at each CRF and decoded; then:
+bytes (H.264 payload); ROI-PSNR / ROI-SSIM inside the ground truth and background PSNR / SSIM
+outside it, against the area-downscaled reference; detection F1 -- a COCO detector on the decoded
+output upscaled back to the input size, matched against its detections on the original frames
+(same class, IoU >= 0.5). BD-rate (bytes vs ROI-PSNR, `bjontegaard`, Akima) against area only
+where the two PSNR ranges share >= 1 dB, else "n/a (no overlap)". Bytes at equal detection F1:
+what each method needs to reach area's F1 at CRF 23.
+
+Methods: model, area, area+roi_qp (area downscale encoded with x264 ROI quantiser offsets on the
+macroblocks of the same masks; the best of qoffset -0.1/-0.2/-0.3 per clip is the anchor it
+reports), bicubic, lanczos, blur_heuristic. The clip is held in memory: short clips (--max_frames).
 """
 from __future__ import annotations
 
@@ -26,11 +37,17 @@ from tqdm import tqdm
 import checkpoint
 import engine
 import metrics
-from video_io import FrameReader, atomic_write_bytes, crop_to_multiple, encode_h264_bytes
-from errors import UserError, run_cli
+from errors import UserError, run_cli, warn
+from roi_sources import RoiOptions, add_roi_args, load_yolo, make_roi_source, roi_options
+from video_io import FrameReader, atomic_write_bytes, crop_to_multiple, roi_rectangles
 
 DEFAULT_CRFS = (18, 23, 28, 33, 38)
-ALL_METHODS = ("model", "area", "bicubic", "lanczos", "blur_heuristic")
+ALL_METHODS = ("model", "area", "area+roi_qp", "bicubic", "lanczos", "blur_heuristic")
+ROI_QOFFSETS = (-0.1, -0.2, -0.3)
+SHARED = Path(__file__).resolve().parent.parent / "shared"
+SHARED_SEG = SHARED / "models" / "yolov8n-seg_int8.onnx"
+SHARED_DET = SHARED / "models" / "yolov8n_int8.onnx"
+DAVIS_VAL = ("breakdance", "camel", "drift-chicane", "libby")  # never trained on (see README, Training)
 
 
 # ----------------------------------------------------------------------------- methods
@@ -54,20 +71,78 @@ def downscale(method, frames, masks, s, model=None):
         return engine.downsample(model, frames, masks)
     if method == "blur_heuristic":
         return blur_heuristic(frames, masks, s)
-    interp = {"area": cv2.INTER_AREA, "bicubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4}[method]
+    interp = {"area": cv2.INTER_AREA, "area+roi_qp": cv2.INTER_AREA, "bicubic": cv2.INTER_CUBIC,
+              "lanczos": cv2.INTER_LANCZOS4}[method]
     return metrics.resize_all(frames, s, interp)
+
+
+def encoder_rois(masks, s):
+    """The x264 ROI rectangles of each frame's mask at output resolution (macroblock grid)."""
+    return [roi_rectangles(metrics.block_max(m, s)) for m in masks]
+
+
+# ----------------------------------------------------------------------------- detection
+
+
+class Detector:
+    """A COCO detector (Ultralytics .pt or exported .onnx) as the analytics user runs it."""
+
+    def __init__(self, path: str):
+        self.model = load_yolo(path, task="detect")
+        self.imgsz = getattr(self.model, "fixed_imgsz", None) or 640
+
+    def __call__(self, frame: np.ndarray) -> list:
+        from ultralytics.utils import LOGGER
+        level = LOGGER.level
+        LOGGER.setLevel("WARNING")
+        try:
+            r = self.model.predict(frame[..., ::-1], imgsz=self.imgsz, conf=0.25, verbose=False)[0]
+        finally:
+            LOGGER.setLevel(level)
+        return [(int(c), *map(float, b), float(p)) for c, b, p in
+                zip(r.boxes.cls.tolist(), r.boxes.xyxy.tolist(), r.boxes.conf.tolist())]
+
+
+def detection_counts(detector, decoded, reference_dets, size, every: int):
+    """Pooled (tp, fp, fn) of the detector on decoded frames upscaled to the input size."""
+    tp = fp = fn = 0
+    for t in range(0, len(decoded), every):
+        up = cv2.resize(decoded[t], size, interpolation=cv2.INTER_CUBIC)
+        a, b, c = metrics.detection_f1(reference_dets[t // every], detector(up))
+        tp, fp, fn = tp + a, fp + b, fn + c
+    return tp, fp, fn
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=None, preset="medium", name="clip"):
-    """All metrics for every method on one clip. frames: list of RGB uint8, masks: list of uint8 0/1."""
+def measure_point(out, ref, roi, crf, fps, preset, rois=None, qoffset=0.0, detector=None, ref_dets=None,
+                  size=None, det_every=4) -> dict:
+    """One output at one CRF: bytes, quality inside / outside the scored ROI, detection F1."""
+    size_bytes, decoded = metrics.encode_h264_bytes(out, fps, crf, preset, rois=rois, qoffset=qoffset)
+    d = np.stack(decoded)
+    point = {"crf": crf, "bytes": size_bytes, "roi_psnr": metrics.masked_psnr(d, ref, roi),
+             "roi_ssim": metrics.masked_ssim(d, ref, roi[..., 0]), "bg_psnr": metrics.masked_psnr(d, ref, ~roi),
+             "bg_ssim": metrics.masked_ssim(d, ref, ~roi[..., 0])}
+    if detector is not None:
+        tp, fp, fn = detection_counts(detector, d, ref_dets, size, det_every)
+        point.update(det_tp=tp, det_fp=fp, det_fn=fn, det_f1=metrics.f1_score(tp, fp, fn))
+    return point
+
+
+def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=None, preset="medium", name="clip",
+                  gt_masks=None, detector=None, det_every: int = 4):
+    """All metrics for every method on one clip. frames: RGB uint8; masks: what the methods see
+    (uint8 0/1); gt_masks: what the score uses (None: the methods' masks, oracle mode)."""
+    scored = gt_masks if gt_masks is not None else masks
     ref = np.stack(metrics.resize_all(frames, s))
-    roi = metrics.roi_at_output(masks, s)
+    roi = metrics.roi_at_output(scored, s)
     if not roi.any():
-        raise UserError(f"{name}: the ROI masks are empty on every frame; ROI metrics need objects "
-                        f"(check --masks_dir / --roi_source)")
+        raise UserError(f"{name}: the scored ROI masks are empty on every frame; ROI metrics need objects "
+                        f"(check --gt_masks / --roi_source)")
+    size = frames[0].shape[1::-1]
+    ref_dets = [detector(frames[t]) for t in range(0, len(frames), det_every)] if detector else None
+    common = dict(detector=detector, ref_dets=ref_dets, size=size, det_every=det_every)
     results = {}
     for method in methods:
         t = time.perf_counter()
@@ -76,20 +151,41 @@ def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=
         v = np.stack(out)
         r = {"fps": len(out) / seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
              "flicker_bg": metrics.flicker(v, ref, ~roi), "flicker_roi": metrics.flicker(v, ref, roi),
-             "temporal_activity_bg": float(np.abs(np.diff(v.astype(np.float32), axis=0))[~roi[1:]].mean()),
-             "warping_error_bg": metrics.warping_error(v, ref, ~roi), "rd": []}
-        for crf in tqdm(crfs, desc=f"{name}: {method}", unit="crf", leave=False):
-            point, d = metrics.rd_point(out, ref, roi, crf, fps, preset)
-            r["rd"].append({**point, "roi_ssim": metrics.masked_ssim(d, ref, roi[..., 0]),
-                            "bg_psnr": metrics.masked_psnr(d, ref, ~roi)})
+             "temporal_activity_bg": float(np.abs(np.diff(v.astype(np.float32), axis=0))[~roi[1:]].mean())}
+        if method == "area+roi_qp":  # the practitioners' anchor: the best offset on this clip
+            rois = encoder_rois(masks, s)
+            variants = {}
+            for q in ROI_QOFFSETS:
+                variants[q] = [measure_point(out, ref, roi, crf, fps, preset, rois, q, **common)
+                               for crf in tqdm(crfs, desc=f"{name}: {method} {q}", unit="crf", leave=False)]
+            area = results.get("area") or {"rd": [measure_point(metrics.resize_all(frames, s), ref, roi, c, fps,
+                                                                preset) for c in crfs]}
+            bds = {q: metrics.bd_rate(*curve(area["rd"]), *curve(rd)) for q, rd in variants.items()}
+            best = min(bds, key=lambda q: bds[q] if np.isfinite(bds[q]) else np.inf)
+            r.update(rd=variants[best], qoffset=best, qoffset_bd_rates={str(q): v for q, v in bds.items()})
+        else:
+            r["rd"] = [measure_point(out, ref, roi, crf, fps, preset, **common)
+                       for crf in tqdm(crfs, desc=f"{name}: {method}", unit="crf", leave=False)]
         results[method] = r
     if "area" in results:
         anchor = results["area"]["rd"]
+        a23 = point_at(anchor, 23)
         for method, r in results.items():
-            r["bd_rate_vs_area"] = metrics.bd_rate([p["bytes"] for p in anchor], [p["roi_psnr"] for p in anchor],
-                                                   [p["bytes"] for p in r["rd"]], [p["roi_psnr"] for p in r["rd"]])
-    return {"frames": len(frames), "size": list(frames[0].shape[1::-1]), "roi_fraction": float(roi.mean()),
-            "scale_factor": s, "crfs": list(crfs), "methods": results}
+            r["bd_rate_vs_area"] = metrics.bd_rate(*curve(anchor), *curve(r["rd"]))
+            r["psnr_range"] = [min(p["roi_psnr"] for p in r["rd"]), max(p["roi_psnr"] for p in r["rd"])]
+            if detector is not None:
+                r["bytes_at_area_f1"] = metrics.bytes_at(a23["det_f1"], [p["bytes"] for p in r["rd"]],
+                                                         [p["det_f1"] for p in r["rd"]])
+    return {"frames": len(frames), "size": list(size), "roi_fraction": float(roi.mean()), "scale_factor": s,
+            "crfs": list(crfs), "methods": results, "detector": detector is not None}
+
+
+def curve(rd):
+    return [p["bytes"] for p in rd], [p["roi_psnr"] for p in rd]
+
+
+def point_at(rd, crf):
+    return next((p for p in rd if p["crf"] == crf), rd[len(rd) // 2])
 
 
 # ----------------------------------------------------------------------------- reporting
@@ -97,65 +193,104 @@ def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=
 
 def markdown_table(name: str, res: dict) -> str:
     lines = [f"**{name}** ({res['frames']} frames, {res['size'][0]}x{res['size'][1]}, x{res['scale_factor']}, "
-             f"ROI {100 * res['roi_fraction']:.1f}% of pixels)", "",
-             "| method | BD-rate vs area (ROI-PSNR) | bytes @CRF23 | ROI-PSNR @CRF23 | ROI-SSIM @CRF23 | bg-PSNR @CRF23 "
-             "| bg flicker | bg temporal activity | fps |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"scored ROI {100 * res['roi_fraction']:.1f}% of pixels; methods' masks: {res['roi_source']}; "
+             f"score: {res['score_masks']})", "",
+             "| method | BD-rate vs area (ROI-PSNR) | bytes @CRF23 | ROI-PSNR @23 | ROI-SSIM @23 | bg-PSNR @23 "
+             "| bg-SSIM @23 | det F1 @23 | bytes at area's F1@23 | bg flicker | fps |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    anchor = res["methods"].get("area")
     for m, r in res["methods"].items():
-        p = next((q for q in r["rd"] if q["crf"] == 23), r["rd"][len(r["rd"]) // 2])
-        bd = r.get("bd_rate_vs_area", float("nan"))
-        lines.append(f"| {m} | {bd:+.1f}% | {p['bytes']} | {p['roi_psnr']:.2f} | {p['roi_ssim']:.4f} | "
-                     f"{p['bg_psnr']:.2f} | {r['flicker_bg']:.2f} | {r['temporal_activity_bg']:.2f} | {r['fps']:.0f} |")
+        p = point_at(r["rd"], 23)
+        label = f"{m} (q {r['qoffset']:+.1f})" if "qoffset" in r else m
+        bd = metrics.report_bd(r.get("bd_rate_vs_area", float("nan")),
+                               curve(anchor["rd"])[1] if anchor else [0], curve(r["rd"])[1])
+        f1 = f"{p['det_f1']:.2f}" if "det_f1" in p else "-"
+        at = r.get("bytes_at_area_f1", float("nan"))
+        lines.append(f"| {label} | {bd} | {p['bytes']} | {p['roi_psnr']:.2f} | {p['roi_ssim']:.4f} | "
+                     f"{p['bg_psnr']:.2f} | {p['bg_ssim']:.4f} | {f1} | {'n/a' if not np.isfinite(at) else round(at)} | "
+                     f"{r['flicker_bg']:.2f} | {r['fps']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
 def plot_rd(results: dict, path: Path):
-    """ROI-PSNR against kilobytes, one panel per clip, one curve per method."""
+    """Per clip: ROI-PSNR, background PSNR and detection F1 against kilobytes, one curve per method."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
     from debug_viz import save_figure
+    rows = [("roi_psnr", "ROI-PSNR (dB)"), ("bg_psnr", "background PSNR (dB)"), ("det_f1", "detection F1")]
     n = len(results)
-    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.8), squeeze=False)
-    for ax, (name, res) in zip(axes[0], results.items()):
-        for m, r in res["methods"].items():
-            ax.plot([p["bytes"] / 1000 for p in r["rd"]], [p["roi_psnr"] for p in r["rd"]], marker="o",
-                    label=f"{m} ({r.get('bd_rate_vs_area', float('nan')):+.0f}%)", lw=2.2 if m == "model" else 1.2)
-        ax.set_xscale("log"), ax.set_xlabel("x264 kilobytes (log)"), ax.set_ylabel("ROI-PSNR (dB)")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_title(f"{name} (x{res['scale_factor']})"), ax.grid(alpha=0.3, which="both"), ax.legend(fontsize=7)
+    fig, axes = plt.subplots(3, n, figsize=(4.2 * n, 10), squeeze=False)
+    for col, (name, res) in enumerate(results.items()):
+        for row, (key, label) in enumerate(rows):
+            ax = axes[row][col]
+            for m, r in res["methods"].items():
+                if key not in r["rd"][0]:
+                    continue
+                ax.plot([p["bytes"] / 1000 for p in r["rd"]], [p[key] for p in r["rd"]], marker="o", ms=3,
+                        label=m, lw=2.2 if m == "model" else 1.2)
+            ax.set_xscale("log"), ax.set_xlabel("x264 kilobytes (log)"), ax.set_ylabel(label)
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.grid(alpha=0.3, which="both")
+            if row == 0:
+                ax.set_title(f"{name} (x{res['scale_factor']}, {res['mode']})", fontsize=9)
+                ax.legend(fontsize=6)
     save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
-def load_clip_and_masks(path: Path, masks_dir, roi_source, seg_model_path, s, max_frames, fps=None):
-    """Frames (cropped to multiples of s) and the masks every method will share."""
-    from roi_sources import make_roi_source
+def load_clip(path: Path, s: int, max_frames: int, fps=None):
+    """Frames (cropped to multiples of s), their file names, and the frame rate."""
     reader = FrameReader(path, fps=fps)
-    names = [f.name for f in reader.files] if reader.files else None
-    source, used = make_roi_source("masks" if masks_dir else roi_source, seg_model_path=seg_model_path,
-                                   masks_dir=masks_dir, frame_names=names)
-    frames, masks = [], []
+    frames, names = [], []
     for f in reader:
-        f = crop_to_multiple(f, s)
-        frames.append(f)
-        masks.append((source.mask(f) > 0.5).astype(np.uint8))
+        frames.append(crop_to_multiple(f, s))
+        names.append(reader.last_name)
         if len(frames) == max_frames:
             break
-    return frames, masks, used, reader.info.fps
+    return frames, names, reader.info.fps
+
+
+def clip_masks(frames, names, opts: RoiOptions, yolo_model=None):
+    """The masks of one clip from an ROI source (binary uint8), and the name of the source used."""
+    source, used = make_roi_source(opts, frame_names=names if names[0] else None, yolo_model=yolo_model)
+    return [(source.mask(f, n) > 0.5).astype(np.uint8) for f, n in zip(frames, names)], used
+
+
+def suite_jobs(seg_path: str) -> tuple[list, list[str]]:
+    """(name, clip, ground-truth masks or None, ROI source) of the suite, and what is missing."""
+    import demo_data
+    jobs, missing = [], []
+    davis = SHARED / "data" / "davis2016"
+    seg = seg_path if Path(seg_path).is_file() else (str(SHARED_SEG) if SHARED_SEG.is_file() else None)
+    if davis.is_dir():
+        for seq in DAVIS_VAL:
+            jobs.append((seq, davis / "JPEGImages" / "480p" / seq, davis / "Annotations" / "480p" / seq))
+    else:
+        missing.append(f"DAVIS-2016 ({davis}) not found: the 4 DAVIS validation clips are left out")
+    for name, path in demo_data.evaluation_clips().items():
+        gt = path.parent / f"{name}_masks"
+        jobs.append((name, path, gt if gt.is_dir() else None))
+    if seg is None:
+        missing.append("no YOLO segmenter (models/yolov8n-seg.pt or ../shared): end-to-end masks come from motion")
+    return [(n, p, g, seg) for n, p, g in jobs], missing
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", help="clip: folder of frames or video file")
-    p.add_argument("--suite", action="store_true", help="evaluate the held-out clips of demo_data.evaluation_clips")
-    p.add_argument("--masks_dir", help="ground-truth ROI masks named like the frames (else --roi_source)")
-    p.add_argument("--roi_source", default="auto", choices=["auto", "yolo", "motion"])
-    p.add_argument("--seg_model_path", default="models/yolov8n-seg.pt")
+    p.add_argument("--suite", action="store_true",
+                   help="the 4 DAVIS validation clips (../shared) + the repo's clips, end to end and as oracle")
+    p.add_argument("--gt_masks", help="human masks named like the frames: what the score uses (else oracle mode)")
+    add_roi_args(p, default_source="auto")
+    p.add_argument("--detector_path", default=None,
+                   help=f"COCO detector for detection F1 (.pt/.onnx; default {SHARED_DET} when present; "
+                        f"'none' to skip)")
+    p.add_argument("--det_every", type=int, default=4, help="run the detector on every Nth frame")
     p.add_argument("--checkpoint_path", help="model checkpoint (default models/roi_downsampler_x{s}.pth)")
     p.add_argument("--scale_factor", type=int, default=2, choices=[2, 4])
     p.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma-separated subset of {','.join(ALL_METHODS)}")
@@ -164,54 +299,99 @@ def build_parser():
     p.add_argument("--crfs", default=",".join(map(str, DEFAULT_CRFS)))
     p.add_argument("--preset", default="medium", help="x264 preset used for the measurement")
     p.add_argument("--max_frames", type=int, default=48)
+    p.add_argument("--modes", default="end_to_end,oracle", help="with --suite: end_to_end, oracle or both")
     p.add_argument("--output_dir", default="output/eval")
     p.add_argument("--threads", type=int, default=None)
     return p
 
 
-def main(argv=None) -> int:
-    return run_cli(run, build_parser().parse_args(argv), "nothing was written")
+def parse_crfs(text: str) -> list[int]:
+    try:
+        crfs = [int(c) for c in text.split(",")]
+    except ValueError:
+        raise UserError(f"--crfs {text}: expected comma-separated integers like 18,23,28") from None
+    if len(crfs) < 4 or any(not 0 <= c <= 51 for c in crfs) or len(set(crfs)) != len(crfs):
+        raise UserError(f"--crfs {text}: give at least 4 different CRFs in 0..51 (BD-rate needs 4 points)")
+    return sorted(crfs)
+
+
+def load_detector(path_flag):
+    if path_flag == "none":
+        return None
+    path = path_flag or (str(SHARED_DET) if SHARED_DET.is_file() else None)
+    if path is None:
+        warn("no COCO detector (pass --detector_path, .pt or .onnx): detection F1 is left out")
+        return None
+    return Detector(path)
 
 
 def run(args) -> int:
-    import demo_data
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = set(methods) - set(ALL_METHODS)
     if bad:
         raise UserError(f"--methods: unknown {', '.join(sorted(bad))}; choose from {', '.join(ALL_METHODS)}")
-    try:
-        crfs = [int(c) for c in args.crfs.split(",")]
-    except ValueError:
-        raise UserError(f"--crfs {args.crfs}: expected comma-separated integers like 18,23,28") from None
+    crfs = parse_crfs(args.crfs)
+    if args.det_every < 1:
+        raise UserError(f"--det_every must be >= 1, got {args.det_every}")
     model = None
     if "model" in methods:
         ckpt = args.checkpoint_path or checkpoint.default_path(args.scale_factor)
         model, _ = checkpoint.load_model(ckpt, expected_scale=args.scale_factor)
+        if not 0 <= args.background_strength <= 1:
+            raise UserError(f"--background_strength must be in [0, 1], got {args.background_strength}")
         model.set_background_strength(args.background_strength)
+    detector = load_detector(args.detector_path)
+    opts = roi_options(args)
+    notes = []
     if args.suite:
-        clips = demo_data.evaluation_clips()
-        jobs = [(n, p, p.parent / f"{n}_masks" if (p.parent / f"{n}_masks").is_dir() else None) for n, p in clips.items()]
+        jobs, notes = suite_jobs(opts.seg_model_path)
+        modes = [m for m in args.modes.split(",") if m]
     elif args.input:
-        jobs = [(Path(args.input).stem, Path(args.input), args.masks_dir)]
+        jobs, modes = [(Path(args.input).stem, Path(args.input), args.gt_masks, None)], ["given"]
     else:
         raise UserError("pass --input CLIP (frames folder or video) or --suite")
+    for n in notes:
+        warn(n)
     out_dir = Path(args.output_dir)
     results, tables = {}, []
-    for name, path, masks_dir in jobs:
-        frames, masks, used, fps = load_clip_and_masks(path, masks_dir, args.roi_source, args.seg_model_path,
-                                                       args.scale_factor, args.max_frames)
-        res = evaluate_clip(frames, masks, methods, args.scale_factor, crfs, fps, model, args.preset, name)
-        res["roi_source"] = "ground truth" if masks_dir else used
-        results[name] = res
-        tables.append(markdown_table(name, res) + f"\nROI masks: {res['roi_source']}\n")
-        print(tables[-1])
-    atomic_write_bytes(out_dir / "results.json", json.dumps(results, indent=2).encode())
-    atomic_write_bytes(out_dir / "results.md", "\n".join(tables).encode())
+    for name, path, gt_dir, seg in jobs:
+        frames, names, fps = load_clip(path, args.scale_factor, args.max_frames)
+        gt = clip_masks(frames, names, RoiOptions(roi_source="masks", masks_dir=str(gt_dir)))[0] if gt_dir else None
+        for mode in modes:
+            if mode == "oracle" and gt is None:
+                continue
+            if mode == "oracle":
+                masks, used = gt, "ground truth (oracle)"
+            elif mode == "end_to_end":
+                kind = "yolo" if seg else "motion"
+                o = RoiOptions(**{**opts.__dict__, "roi_source": kind, "seg_model_path": seg or opts.seg_model_path,
+                                  "masks_dir": None})
+                masks, used = clip_masks(frames, names, o)
+            else:
+                masks, used = clip_masks(frames, names, opts)
+            res = evaluate_clip(frames, masks, methods, args.scale_factor, crfs, fps, model, args.preset, name,
+                                gt_masks=gt, detector=detector, det_every=args.det_every)
+            res.update(roi_source=used, mode=mode if mode != "given" else ("scored on --gt_masks" if gt else "oracle"),
+                       score_masks="human annotation" if gt is not None else "the methods' own masks (oracle)")
+            key = f"{name} [{mode}]" if args.suite else name
+            results[key] = res
+            tables.append(markdown_table(key, res))
+            print(tables[-1])
+    if not results:
+        raise UserError("nothing to evaluate (oracle mode needs ground-truth masks)")
+    meta = {"notes": notes, "crfs": crfs, "preset": args.preset, "scale_factor": args.scale_factor,
+            "detector": getattr(detector, "imgsz", None) and (args.detector_path or str(SHARED_DET))}
+    atomic_write_bytes(out_dir / "results.json", json.dumps({"meta": meta, "clips": results}, indent=2).encode())
+    atomic_write_bytes(out_dir / "results.md", "\n".join(notes + tables).encode())
     plot_rd(results, out_dir / "rd_curves.png")
     print(f"wrote {out_dir}/results.json, results.md, rd_curves.png")
     return 0
+
+
+def main(argv=None) -> int:
+    return run_cli(run, build_parser().parse_args(argv), "nothing was written")
 
 
 if __name__ == "__main__":

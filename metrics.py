@@ -102,13 +102,78 @@ def warping_error(out: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
     return float(np.mean(errs)) if errs else float("nan")
 
 
-def bd_rate(anchor_rate, anchor_psnr, test_rate, test_psnr) -> float:
+def psnr_overlap(a_psnr, b_psnr) -> float:
+    """How many dB the quality ranges of two RD curves share (negative: a gap)."""
+    return min(max(a_psnr), max(b_psnr)) - max(min(a_psnr), min(b_psnr))
+
+
+def bd_rate(anchor_rate, anchor_psnr, test_rate, test_psnr, min_overlap_db: float = 1.0) -> float:
     """Bjøntegaard delta rate in percent (negative = fewer bytes at equal quality), computed by the
     maintained `bjontegaard` package with Akima interpolation (its authors' recommendation).
-    nan when the two curves overlap too little in quality for a meaningful number."""
+    nan when the two quality ranges share less than `min_overlap_db`: a number there would be an
+    extrapolation, not a measurement (report_bd says "n/a (no overlap)" with the two ranges)."""
     import bjontegaard as bd
+    finite = [np.all(np.isfinite(v)) for v in (anchor_rate, anchor_psnr, test_rate, test_psnr)]
+    if not all(finite) or psnr_overlap(anchor_psnr, test_psnr) < min_overlap_db:
+        return float("nan")
+    import warnings
     try:
-        return float(bd.bd_rate(list(anchor_rate), list(anchor_psnr), list(test_rate), list(test_psnr),
-                                method="akima", require_matching_points=False))
+        with warnings.catch_warnings():  # its own overlap warning: our rule above decides
+            warnings.simplefilter("ignore")
+            return float(bd.bd_rate(list(anchor_rate), list(anchor_psnr), list(test_rate), list(test_psnr),
+                                    method="akima", require_matching_points=False))
     except ValueError:
         return float("nan")
+
+
+def report_bd(value: float, anchor_psnr, test_psnr) -> str:
+    """A BD-rate as text: '-12.3%', or 'n/a (no overlap: 30.1-35.2 vs 36.0-41.3 dB)'."""
+    if np.isfinite(value):
+        return f"{value:+.1f}%"
+    return (f"n/a (no overlap: {min(anchor_psnr):.1f}-{max(anchor_psnr):.1f} vs "
+            f"{min(test_psnr):.1f}-{max(test_psnr):.1f} dB)")
+
+
+def box_iou(a, b) -> float:
+    """IoU of two boxes (x1, y1, x2, y2)."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def detection_f1(reference: list, found: list, iou_threshold: float = 0.5) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives) of detections `found` against the
+    detections on the original frame, each a list of (class, x1, y1, x2, y2[, confidence]):
+    greedy matching by confidence, same class, IoU >= threshold."""
+    order = sorted(range(len(found)), key=lambda i: -(found[i][5] if len(found[i]) > 5 else 1.0))
+    unmatched = list(range(len(reference)))
+    tp = 0
+    for i in order:
+        cls, box = found[i][0], found[i][1:5]
+        best, best_iou = None, iou_threshold
+        for j in unmatched:
+            if reference[j][0] == cls:
+                v = box_iou(box, reference[j][1:5])
+                if v >= best_iou:
+                    best, best_iou = j, v
+        if best is not None:
+            unmatched.remove(best)
+            tp += 1
+    return tp, len(found) - tp, len(unmatched)
+
+
+def f1_score(tp: int, fp: int, fn: int) -> float:
+    """F1 of pooled counts; 1.0 when there was nothing to find and nothing was found."""
+    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
+def bytes_at(target: float, rates, qualities) -> float:
+    """Bytes at which a curve (points in any order) first reaches `target` quality, linearly
+    interpolated between the two points around it; nan when it never does or always does."""
+    pts = sorted(zip(rates, qualities))
+    for (r0, q0), (r1, q1) in zip(pts, pts[1:]):
+        if q0 < target <= q1:
+            return r0 + (target - q0) / (q1 - q0) * (r1 - r0)
+    return float("nan")

@@ -164,9 +164,15 @@ class YoloSegmenter:
         self.classes = class_ids(model, roi_classes)
 
     def segment(self, frame: np.ndarray) -> np.ndarray:
+        from ultralytics.utils import LOGGER
         h, w = frame.shape[:2]
-        result = self.model.predict(frame[..., ::-1], imgsz=self.imgsz, conf=self.conf, classes=self.classes,
-                                    device=self.device, verbose=False)[0]
+        level = LOGGER.level
+        LOGGER.setLevel("WARNING")  # its "Loading ... for ONNX Runtime" lines at the first call
+        try:
+            result = self.model.predict(frame[..., ::-1], imgsz=self.imgsz, conf=self.conf, classes=self.classes,
+                                        device=self.device, verbose=False)[0]
+        finally:
+            LOGGER.setLevel(level)
         mask = np.zeros((h, w), np.uint8)
         if result.masks is not None:
             for poly in result.masks.xy:

@@ -1,0 +1,61 @@
+"""The evaluation's measurements on constructed cases whose answers are known."""
+import math
+
+import numpy as np
+
+import metrics
+from video_io import encode_h264_bytes, roi_rectangles
+
+
+def test_detection_f1_known_answers():
+    boxes = [(0, 10, 10, 50, 50, 0.9), (2, 100, 100, 160, 140, 0.8)]
+    assert metrics.f1_score(*metrics.detection_f1(boxes, boxes)) == 1.0
+    tp, fp, fn = metrics.detection_f1(boxes, boxes[:1])  # one of two boxes missed
+    assert (tp, fp, fn) == (1, 0, 1) and math.isclose(metrics.f1_score(tp, fp, fn), 2 / 3)
+    wrong_class = [(1, *boxes[0][1:])]
+    assert metrics.detection_f1(boxes[:1], wrong_class) == (0, 1, 1)
+    shifted = [(0, 30, 30, 70, 70, 0.9)]  # IoU 400/2800 < 0.5
+    assert metrics.detection_f1(boxes[:1], shifted) == (0, 1, 1)
+    assert metrics.f1_score(0, 0, 0) == 1.0  # nothing there, nothing found
+
+
+def test_bd_rate_is_na_without_overlap_and_measured_with_it():
+    rate = [1000, 2000, 4000, 8000]
+    low, high = [30, 32, 34, 36], [40, 42, 44, 46]
+    assert math.isnan(metrics.bd_rate(rate, low, rate, high))
+    assert metrics.report_bd(float("nan"), low, high) == "n/a (no overlap: 30.0-36.0 vs 40.0-46.0 dB)"
+    half = metrics.bd_rate(rate, low, [r / 2 for r in rate], low)  # same quality at half the bytes
+    assert math.isclose(half, -50.0, abs_tol=0.5)
+    assert math.isnan(metrics.bd_rate(rate, low, rate, [35.5, 37, 39, 41]))  # 0.5 dB shared: n/a
+
+
+def test_bytes_at_quality_interpolates_and_says_when_it_cannot():
+    assert metrics.bytes_at(0.9, [100, 200, 300], [0.8, 0.9, 1.0]) == 200
+    assert math.isclose(metrics.bytes_at(0.85, [100, 200], [0.8, 0.9]), 150)
+    assert math.isnan(metrics.bytes_at(0.99, [100, 200], [0.8, 0.9]))
+
+
+def test_roi_rectangles_cover_the_mask_on_the_macroblock_grid():
+    mask = np.zeros((50, 70), bool)
+    mask[5:20, 10:40] = True
+    mask[30:49, 60:70] = True
+    rects = roi_rectangles(mask)
+    covered = np.zeros_like(mask)
+    for x, y, w, h in rects:
+        assert x % 16 == 0 and y % 16 == 0
+        covered[y:y + h, x:x + w] = True
+    assert covered[mask].all() and covered.mean() < 0.7
+
+
+def test_roi_offsets_reach_the_encoder():
+    """x264 gives the ROI macroblocks a lower quantiser: more bytes, better ROI quality, the rest equal."""
+    rng = np.random.default_rng(0)
+    frames = [np.clip(rng.normal(128, 40, (128, 192, 3)), 0, 255).astype(np.uint8) for _ in range(6)]
+    rois = [[(32, 32, 64, 64)]] * len(frames)
+    plain, d0 = encode_h264_bytes(frames, 25, 30)
+    roi, d1 = encode_h264_bytes(frames, 25, 30, rois=rois, qoffset=-0.3)
+    ref, inside = np.stack(frames), np.zeros((6, 128, 192, 3), bool)
+    inside[:, 32:96, 32:96] = True
+    q0, q1 = (metrics.masked_psnr(np.stack(d), ref, inside) for d in (d0, d1))
+    assert roi > 1.1 * plain and q1 > q0 + 1.0
+    assert encode_h264_bytes(frames, 25, 30, rois=[[]] * 6, qoffset=-0.3)[0] == plain  # no ROI: unchanged
