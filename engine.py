@@ -92,6 +92,9 @@ def stream(model: ROIDownsampler, pairs: Iterable, batch: int = 8, device="cpu")
         yield run(pending)
 
 
-def downsample(model: ROIDownsampler, frames, masks, batch: int = 8) -> list[np.ndarray]:
-    """The whole clip at once (evaluation, calibration): a list of uint8 output frames."""
-    return [img for chunk in stream(model, zip(frames, masks), batch) for img in chunk.images]
+def downsample(model: ROIDownsampler, frames, masks, batch: int = 8, with_masks: bool = False):
+    """The whole clip at once (evaluation, calibration): a list of uint8 output frames (and of
+    uint8 soft masks with ``with_masks``)."""
+    chunks = list(stream(model, zip(frames, masks), batch))
+    images = [img for c in chunks for img in c.images]
+    return (images, [m for c in chunks for m in c.softs]) if with_masks else images

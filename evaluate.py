@@ -37,12 +37,14 @@ from tqdm import tqdm
 import checkpoint
 import engine
 import metrics
+import rd_control
 from errors import UserError, run_cli, warn
+from roi_downsampler import DEFAULT_BACKGROUND_QUALITY
 from roi_sources import RoiOptions, add_roi_args, load_yolo, make_roi_source, roi_options
 from video_io import FrameReader, atomic_write_bytes, crop_to_multiple, roi_rectangles
 
 DEFAULT_CRFS = (18, 23, 28, 33, 38)
-ALL_METHODS = ("model", "area", "area+roi_qp", "bicubic", "lanczos", "blur_heuristic")
+ALL_METHODS = ("model", "network", "area", "area+roi_qp", "bicubic", "lanczos", "blur_heuristic")
 ROI_QOFFSETS = (-0.1, -0.2, -0.3)
 SHARED = Path(__file__).resolve().parent.parent / "shared"
 SHARED_SEG = SHARED / "models" / "yolov8n-seg_int8.onnx"
@@ -67,7 +69,7 @@ def blur_heuristic(frames, masks, s, sigma: float = 2.0, feather: int = 7):
 
 
 def downscale(method, frames, masks, s, model=None):
-    if method == "model":
+    if method in ("model", "network"):
         return engine.downsample(model, frames, masks)
     if method == "blur_heuristic":
         return blur_heuristic(frames, masks, s)
@@ -130,8 +132,29 @@ def measure_point(out, ref, roi, crf, fps, preset, rois=None, qoffset=0.0, detec
     return point
 
 
+def model_points(frames, masks, s, model, crfs, fps, preset, ref, roi, rd: dict, name, **common):
+    """The model as inference writes video.mp4: network output, then per segment the closed loop's
+    choice of background and ROI offset at each CRF (``rd``: segment, trial_frames, on)."""
+    t = time.perf_counter()
+    images, softs = engine.downsample(model, frames, masks, with_masks=True)
+    seconds = time.perf_counter() - t
+    area = metrics.resize_all(frames, s)
+    points, chosen = [], {}
+    for crf in tqdm(crfs, desc=f"{name}: model (closed loop)", unit="crf", leave=False):
+        options = rd_control.candidates(fixed_qoffset=rd.get("qoffset")) if rd["on"] else \
+            [rd_control.Candidate("model", rd.get("qoffset") or 0.0)]
+        decisions = rd_control.plan(images, area, softs, crf, fps, preset, rd["segment"], rd["trial_frames"], options)
+        out, rects, qs = rd_control.apply(decisions, images, area, softs)
+        p = measure_point(out, ref, roi, crf, fps, preset, rects, qs, **common)
+        p["choices"] = [d.choice.name for d in decisions]
+        p["trial_seconds"] = sum(d.seconds for d in decisions)
+        points.append(p)
+        chosen[crf] = out
+    return points, chosen, seconds
+
+
 def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=None, preset="medium", name="clip",
-                  gt_masks=None, detector=None, det_every: int = 4):
+                  gt_masks=None, detector=None, det_every: int = 4, rd=None):
     """All metrics for every method on one clip. frames: RGB uint8; masks: what the methods see
     (uint8 0/1); gt_masks: what the score uses (None: the methods' masks, oracle mode)."""
     scored = gt_masks if gt_masks is not None else masks
@@ -144,10 +167,16 @@ def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=
     ref_dets = [detector(frames[t]) for t in range(0, len(frames), det_every)] if detector else None
     common = dict(detector=detector, ref_dets=ref_dets, size=size, det_every=det_every)
     results = {}
+    rd = rd or {"on": True, "segment": 50, "trial_frames": 12}
     for method in methods:
-        t = time.perf_counter()
-        out = downscale(method, frames, masks, s, model)
-        seconds = time.perf_counter() - t
+        if method == "model":
+            rd_points, chosen, seconds = model_points(frames, masks, s, model, crfs, fps, preset, ref, roi, rd,
+                                                      name, **common)
+            out = chosen[23] if 23 in chosen else chosen[crfs[len(crfs) // 2]]
+        else:
+            t = time.perf_counter()
+            out = downscale(method, frames, masks, s, model)
+            seconds = time.perf_counter() - t
         v = np.stack(out)
         r = {"fps": len(out) / seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
              "flicker_bg": metrics.flicker(v, ref, ~roi), "flicker_roi": metrics.flicker(v, ref, roi),
@@ -163,6 +192,8 @@ def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=
             bds = {q: metrics.bd_rate(*curve(area["rd"]), *curve(rd)) for q, rd in variants.items()}
             best = min(bds, key=lambda q: bds[q] if np.isfinite(bds[q]) else np.inf)
             r.update(rd=variants[best], qoffset=best, qoffset_bd_rates={str(q): v for q, v in bds.items()})
+        elif method == "model":
+            r["rd"] = rd_points
         else:
             r["rd"] = [measure_point(out, ref, roi, crf, fps, preset, **common)
                        for crf in tqdm(crfs, desc=f"{name}: {method}", unit="crf", leave=False)]
@@ -296,6 +327,13 @@ def build_parser():
     p.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma-separated subset of {','.join(ALL_METHODS)}")
     p.add_argument("--background_strength", type=float, default=1.0,
                    help="as in inference.py: scale the model's background simplification and hold (0-1)")
+    p.add_argument("--background_quality", type=float, default=DEFAULT_BACKGROUND_QUALITY,
+                   help="as in inference.py: background PSNR floor against area (dB, before encoding); 0 = off")
+    p.add_argument("--rd_control", default="on", choices=["on", "off"],
+                   help="as in inference.py: per-segment trial encodes choose background and ROI offset")
+    p.add_argument("--roi_qoffset", default="auto", help="as in inference.py: auto, or a fixed offset in -1..0")
+    p.add_argument("--segment", type=int, default=50, help="frames per closed-loop decision")
+    p.add_argument("--trial_frames", type=int, default=12, help="frames of each segment trial-encoded")
     p.add_argument("--crfs", default=",".join(map(str, DEFAULT_CRFS)))
     p.add_argument("--preset", default="medium", help="x264 preset used for the measurement")
     p.add_argument("--max_frames", type=int, default=48)
@@ -342,6 +380,9 @@ def run(args) -> int:
         if not 0 <= args.background_strength <= 1:
             raise UserError(f"--background_strength must be in [0, 1], got {args.background_strength}")
         model.set_background_strength(args.background_strength)
+        model.set_background_floor(args.background_quality)
+    rd = {"on": args.rd_control == "on", "segment": args.segment, "trial_frames": args.trial_frames,
+          "qoffset": rd_control.parse_qoffset(args.roi_qoffset)}
     detector = load_detector(args.detector_path)
     opts = roi_options(args)
     notes = []
@@ -372,7 +413,7 @@ def run(args) -> int:
             else:
                 masks, used = clip_masks(frames, names, opts)
             res = evaluate_clip(frames, masks, methods, args.scale_factor, crfs, fps, model, args.preset, name,
-                                gt_masks=gt, detector=detector, det_every=args.det_every)
+                                gt_masks=gt, detector=detector, det_every=args.det_every, rd=rd)
             res.update(roi_source=used, mode=mode if mode != "given" else ("scored on --gt_masks" if gt else "oracle"),
                        score_masks="human annotation" if gt is not None else "the methods' own masks (oracle)")
             key = f"{name} [{mode}]" if args.suite else name

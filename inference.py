@@ -31,7 +31,8 @@ from tqdm import tqdm
 import checkpoint
 import engine
 from errors import UserError, run_cli, warn
-from roi_downsampler import DownsamplerConfig, ROIDownsampler
+import rd_control
+from roi_downsampler import DEFAULT_BACKGROUND_QUALITY, DownsamplerConfig, ROIDownsampler
 from roi_sources import RoiOptions, add_roi_args, make_roi_source, roi_options
 from video_io import (FrameReader, H264Writer, ResultFolder, atomic_write_bytes, crop_to_multiple, frame_name,
                       is_video_file, list_frame_files, roi_rectangles, write_png)
@@ -49,9 +50,13 @@ class InferenceConfig:
     debug: bool = False
     roi: RoiOptions = field(default_factory=RoiOptions)
     background_strength: float = 1.0
+    background_quality: float = DEFAULT_BACKGROUND_QUALITY
     crf: int = 23
     preset: str = "veryfast"
-    roi_qoffset: float = 0.0
+    roi_qoffset: Optional[float] = None   # None: auto (the closed loop chooses)
+    rd_control: bool = True
+    segment: int = 50
+    trial_frames: int = 12
     compare_area: bool = True
     device: str = "auto"
     batch_size: int = 8
@@ -75,11 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background_strength", type=float, default=d.background_strength,
                    help="scale the learned background simplification and hold: 1 = as trained, 0 = plain area "
                         "background (for moving cameras or jittery ROI masks)")
+    p.add_argument("--background_quality", type=float, default=d.background_quality,
+                   help="background PSNR floor against area downscaling, dB before encoding (keeps parked cars "
+                        "and signs recognisable); 0 = off, for maximum savings")
     p.add_argument("--crf", type=int, default=d.crf, help="x264 CRF of video.mp4 (0-51, lower = better)")
     p.add_argument("--preset", default=d.preset, help="x264 preset of video.mp4 (ultrafast ... veryslow)")
-    p.add_argument("--roi_qoffset", type=float, default=d.roi_qoffset,
-                   help="x264 ROI quantiser offset on the objects' macroblocks in video.mp4 (-1..0; negative = "
-                        "more bits on objects; 0 = off)")
+    p.add_argument("--roi_qoffset", default="auto",
+                   help="x264 ROI quantiser offset on the objects' macroblocks in video.mp4: auto (the closed loop "
+                        "chooses among 0 and -0.2 per segment) or a number in -1..1 (negative = more bits on objects)")
+    p.add_argument("--rd_control", default="on", choices=["on", "off"],
+                   help="on: per segment, trial-encode the candidates (network/area background x ROI offset) "
+                        "and keep the cheapest; off: the network's output with --roi_qoffset (auto = 0)")
+    p.add_argument("--segment", type=int, default=d.segment, help="frames per closed-loop decision (look-ahead)")
+    p.add_argument("--trial_frames", type=int, default=d.trial_frames,
+                   help="frames at the start of each segment that the closed loop trial-encodes")
     p.add_argument("--no_compare_area", dest="compare_area", action="store_false",
                    help="skip the extra encode of plain area downscaling that report.json compares against")
     p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:0, or auto (CUDA when present)")
@@ -95,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> InferenceConfig:
     values = {k: getattr(args, k) for k in InferenceConfig.__dataclass_fields__ if k != "roi"}
+    values["roi_qoffset"] = rd_control.parse_qoffset(args.roi_qoffset)
+    values["rd_control"] = args.rd_control == "on"
     return InferenceConfig(roi=roi_options(args), **values)
 
 
@@ -112,8 +128,10 @@ def check_config(cfg: InferenceConfig) -> None:
         raise UserError(f"--debug_every must be >= 1, got {cfg.debug_every}")
     if not 0.0 <= cfg.background_strength <= 1.0:
         raise UserError(f"--background_strength must be in [0, 1], got {cfg.background_strength}")
-    if not -1.0 <= cfg.roi_qoffset <= 1.0:
-        raise UserError(f"--roi_qoffset must be in [-1, 1], got {cfg.roi_qoffset}")
+    if not (cfg.background_quality == 0 or 10 <= cfg.background_quality <= 100):
+        raise UserError(f"--background_quality must be 0 (off) or 10..100 dB, got {cfg.background_quality}")
+    if cfg.segment < 1 or cfg.trial_frames < 1:
+        raise UserError(f"--segment and --trial_frames must be >= 1, got {cfg.segment}, {cfg.trial_frames}")
     presets = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
     if cfg.preset not in presets:
         raise UserError(f"--preset {cfg.preset}: choose one of {', '.join(presets)}")
@@ -209,31 +227,59 @@ class BackgroundWriter:
 
 
 class SequenceWriter:
-    """The output contract of one sequence: PNG frames and masks, video.mp4 (with x264 ROI offsets
-    on the objects' macroblocks when --roi_qoffset is set), plain area downscaling encoded the
-    same way for comparison, and debug side-by-sides."""
+    """The output contract of one sequence, a segment at a time: per segment the closed loop
+    (rd_control) chooses the background (network or area) and the x264 ROI offset on the
+    objects' macroblocks; then PNG frames and masks, video.mp4, plain area downscaling encoded the
+    same way for comparison, and debug side-by-sides are written."""
 
     def __init__(self, out_dir: Path, fps: float, cfg: InferenceConfig):
-        self.out_dir, self.cfg = out_dir, cfg
+        self.out_dir, self.cfg, self.fps = out_dir, cfg, fps
         self.video = H264Writer(out_dir / "video.mp4", fps, cfg.crf, cfg.preset)
         self.area = H264Writer(out_dir / ".area.mp4", fps, cfg.crf, cfg.preset) if cfg.compare_area else None
-        self.rois: list = []
+        self.pending: list = []   # (index, image, soft, area image, frame, mask, debug) of this segment
+        self.rois: list = []      # per frame: ROI rectangles given to x264
+        self.qoffsets: list = []  # per frame: their quantiser offset
+        self.decisions: list = []
 
-    def write(self, i: int, img, soft, frame, mask, debug: bool):
+    def add(self, i: int, img, soft, frame, mask, debug: bool):
+        s = self.cfg.scale_factor
+        area = cv2.resize(frame, (frame.shape[1] // s, frame.shape[0] // s), interpolation=cv2.INTER_AREA)
+        self.pending.append((i, img, soft, area, frame if debug else None, mask if debug else None))
+        if len(self.pending) >= self.cfg.segment:
+            self.flush()
+
+    def choose(self) -> rd_control.Decision:
+        imgs, softs, areas = ([p[k] for p in self.pending] for k in (1, 2, 3))
+        if not self.cfg.rd_control:
+            return rd_control.Decision(self.pending[0][0], len(imgs),
+                                       rd_control.Candidate("model", self.cfg.roi_qoffset or 0.0))
+        options = rd_control.candidates(fixed_qoffset=self.cfg.roi_qoffset)
+        return rd_control.decide(imgs, areas, softs, self.cfg.crf, self.fps, self.cfg.preset, self.pending[0][0],
+                                 self.cfg.trial_frames, options)
+
+    def flush(self):
         import debug_viz
-        rects = roi_rectangles(soft >= 128) if self.cfg.roi_qoffset else []
-        self.rois.append(rects)
-        write_png(self.out_dir / "frames" / frame_name(i), img)
-        write_png(self.out_dir / "masks" / frame_name(i), soft)
-        self.video.write(img, rects, self.cfg.roi_qoffset)
-        if self.area is not None:
-            s = self.cfg.scale_factor
-            self.area.write(cv2.resize(frame, (frame.shape[1] // s, frame.shape[0] // s), interpolation=cv2.INTER_AREA))
-        if debug:
-            debug_viz.write_side_by_side(self.out_dir / "debug" / frame_name(i), frame, mask, soft, img)
+        if not self.pending:
+            return
+        d = self.choose()
+        self.decisions.append(d)
+        for i, img, soft, area, frame, mask in self.pending:
+            out = img if d.choice.background == "model" else area
+            rects = roi_rectangles(soft >= 128) if d.choice.qoffset else []
+            self.rois.append(rects)
+            self.qoffsets.append(d.choice.qoffset)
+            write_png(self.out_dir / "frames" / frame_name(i), out)
+            write_png(self.out_dir / "masks" / frame_name(i), soft)
+            self.video.write(out, rects, d.choice.qoffset)
+            if self.area is not None:
+                self.area.write(area)
+            if frame is not None:
+                debug_viz.write_side_by_side(self.out_dir / "debug" / frame_name(i), frame, mask, soft, out)
+        self.pending = []
 
     def close(self) -> tuple[int, Optional[int]]:
         """(video.mp4 bytes, area comparison bytes or None); the comparison file is removed."""
+        self.flush()
         video_bytes = self.video.close()
         if self.area is None:
             return video_bytes, None
@@ -245,6 +291,12 @@ class SequenceWriter:
         self.video.abort()
         if self.area is not None:
             self.area.abort()
+
+    def report(self) -> dict:
+        return {"roi_qoffset": self.qoffsets, "roi_rectangles": self.rois,
+                "rd_control": [{"start": d.start, "frames": d.frames, "choice": d.choice.name,
+                                "lambda": d.lam, "seconds": d.seconds, "costs": d.costs} for d in self.decisions],
+                "rd_control_seconds": sum(d.seconds for d in self.decisions)}
 
 
 def read_frames(reader: FrameReader, source, s: int, seconds: dict, bar):
@@ -282,7 +334,7 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
                     break
                 for img, soft, params, (frame, mask) in zip(chunk.images, chunk.softs, chunk.params, chunk.inputs):
                     debug = cfg.debug and n % cfg.debug_every == 0
-                    jobs.submit(lambda i=n, a=(img, soft, frame, mask, debug): writer.write(i, *a))
+                    jobs.submit(lambda i=n, a=(img, soft, frame, mask, debug): writer.add(i, *a))
                     params_log.append(params)
                     n += 1
         jobs.close()
@@ -307,7 +359,7 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
         "fps": reader.info.fps, "roi_source": source_used, "skipped_frames": reader.skipped,
         "video_bytes": video_bytes, "area_video_bytes": area_bytes,
         "bytes_vs_area_pct": None if not area_bytes else 100 * (video_bytes / area_bytes - 1),
-        "crf": cfg.crf, "preset": cfg.preset, "roi_qoffset": cfg.roi_qoffset, "roi_rectangles": writer.rois,
+        "crf": cfg.crf, "preset": cfg.preset, **writer.report(),
         "stage_fps": {k: (n / v if v > 0 else None) for k, v in seconds.items()},
         "overall_fps": n / elapsed, "seconds": elapsed, "parameters": params_log,
     }
@@ -337,6 +389,7 @@ def run(cfg: InferenceConfig, roi_factory=None) -> list[dict]:
     device = engine.pick_device(cfg.device)
     model, ckpt_name = load_downsampler(cfg)
     model.set_background_strength(cfg.background_strength)
+    model.set_background_floor(cfg.background_quality)
     model.to(device)
     reports = []
     with ResultFolder(output_dir, "--output_dir") as result:
@@ -344,7 +397,8 @@ def run(cfg: InferenceConfig, roi_factory=None) -> list[dict]:
             out_dir = result.path / name if name else result.path
             report = run_sequence(model, cfg, seq, out_dir, device, roi_factory)
             report.update(checkpoint=ckpt_name, scale_factor=cfg.scale_factor, device=str(device),
-                          background_strength=cfg.background_strength, roi_options=asdict(cfg.roi))
+                          background_strength=cfg.background_strength, background_quality=cfg.background_quality,
+                          roi_options=asdict(cfg.roi))
             atomic_write_bytes(out_dir / "report.json", json.dumps(report, indent=2).encode())
             reports.append((report, output_dir / name if name else output_dir))
         result.commit()

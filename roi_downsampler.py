@@ -34,6 +34,7 @@ PARAM_SPECS = {
     "bg_gate":        (0.0, 1.0, 0.998),  # does simplifying pay on this clip? fitted against x264 (calibrate_gate.py)
 }
 PARAM_NAMES = list(PARAM_SPECS)
+DEFAULT_BACKGROUND_QUALITY = 35.0  # dB: background PSNR floor against area downscaling (--background_quality)
 
 
 @dataclass
@@ -293,11 +294,25 @@ class TemporalConsistencyModule(nn.Module):
         g = torch.sigmoid(self.gate(torch.cat([area_pool(mask, 2), area_pool(prev_mask, 2), change], 1)))
         return torch.maximum(mask, upsample(g, mask.shape[-2:]) * prev_mask)
 
-    def hold_background(self, background, prev_background, hold, threshold):
+    def hold_background(self, background, prev_background, hold, threshold, moved=None, roi=None):
+        """Hold the previous background where it is still right. A pixel is refreshed at once
+        (with its 3x3 neighbourhood) where the held value is more than ``threshold`` off the new one,
+        where the input itself changed by that much (``moved``, half resolution), or within ~16
+        output pixels of where an object is or just was (``roi``: soft masks of this and the previous
+        frame; the coarse background there shifts as the object moves): an object that leaves is
+        never kept as a fading ghost, whatever its contrast."""
         if prev_background is None:
             return background
-        change = upsample(self.change_map(background, prev_background), background.shape[-2:])
-        h = hold.view(-1, 1, 1, 1) * torch.exp(-change / threshold.view(-1, 1, 1, 1))
+        thr = threshold.view(-1, 1, 1, 1)
+        diff = (background - prev_background).abs().mean(1, keepdim=True)
+        size = background.shape[-2:]
+        stale = dilate(diff, 3) > thr
+        if moved is not None:
+            stale = stale | (upsample(dilate(moved, 3), size) > thr)
+        if roi is not None:  # near an object the coarse background shifts as it moves: never held there
+            near = dilate(max_pool(roi, 4), 9) > 0.05  # ~16 output pixels around it, at quarter resolution
+            stale = stale | F.interpolate(near.float(), scale_factor=4, mode="nearest")[..., : size[0], : size[1]].bool()
+        h = hold.view(-1, 1, 1, 1) * torch.exp(-diff / thr) * (~stale)
         return background + h * (prev_background - background)
 
 
@@ -321,6 +336,7 @@ class ROIDownsampler(nn.Module):
         nn.init.zeros_(self.detail[2].weight)
         nn.init.zeros_(self.detail[2].bias)
         self.set_background_strength(1.0)
+        self.set_background_floor(0.0)
 
     @property
     def scale_factor(self) -> int:
@@ -332,6 +348,24 @@ class ROIDownsampler(nn.Module):
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"background strength must be in [0, 1], got {strength}")
         self.background_strength = float(strength)
+
+    def set_background_floor(self, psnr_db: float) -> None:
+        """Keep the background recognisable: per frame, the output background is pulled toward the
+        area downscale until its PSNR against it is at least `psnr_db` (0 = no floor). Not saved in
+        checkpoints: an inference-time knob (--background_quality)."""
+        if not (psnr_db == 0 or 10.0 <= psnr_db <= 100.0):
+            raise ValueError(f"background floor must be 0 (off) or 10..100 dB, got {psnr_db}")
+        self.background_floor = float(psnr_db)
+
+    def apply_floor(self, background, base, weight):
+        """background moved toward base just enough that its PSNR against base, over `weight`
+        (1 = background pixel), reaches the floor: the error scales with the square of the step."""
+        if not self.background_floor:
+            return background
+        err = (weight * (background - base) ** 2).sum((1, 2, 3)) / (3 * weight.sum((1, 2, 3))).clamp_min(1e-6)
+        limit = 10 ** (-self.background_floor / 10)
+        alpha = (limit / err.clamp_min(1e-12)).sqrt().clamp(max=1.0)
+        return base + alpha.view(-1, 1, 1, 1) * (background - base)
 
     def effective(self, params):
         """bg_simplify and bg_hold scaled by the gate and --background_strength (reported so)."""
@@ -362,7 +396,10 @@ class ROIDownsampler(nn.Module):
             sharp = base
         simple = coarse_background(base, p["bg_coarseness"], 1 - soft)
         background = base + p["bg_simplify"].view(-1, 1, 1, 1) * (simple - base)
-        background = self.temporal.hold_background(background, state.prev_background, p["bg_hold"], p["hold_threshold"])
+        was_roi = soft if state.prev_mask is None else torch.maximum(soft, state.prev_mask)
+        background = self.temporal.hold_background(background, state.prev_background, p["bg_hold"], p["hold_threshold"],
+                                                   change if state.prev_base is not None else None, was_roi)
+        background = self.apply_floor(background, base, 1 - soft)
 
         out = (background + soft * (sharp - background)).clamp(0, 1)
         new_state = DownsamplerState(prev_base=base, prev_mask=soft, prev_background=background, feature_ema=ema,

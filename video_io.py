@@ -430,12 +430,12 @@ class H264Writer:
 
 
 def encode_h264_bytes(frames, fps: float, crf: int, preset: str = "medium", rois=None,
-                      qoffset: float = 0.0) -> tuple[int, list[np.ndarray]]:
+                      qoffset=0.0) -> tuple[int, list[np.ndarray]]:
     """Encode frames with libx264 in memory (for evaluation): return (bitstream bytes, decoded RGB).
 
     Bytes are the H.264 payload (sum of packet sizes), not the mp4 file: the container's fixed
     ~1 kB would otherwise swamp small clips. `rois` (one list of rectangles per frame) get x264
-    ROI quantiser offset `qoffset` (see with_roi_offsets). One encoder thread, because x264's output depends
+    ROI quantiser offset `qoffset` (one number, or one per frame; see with_roi_offsets). One encoder thread, because x264's output depends
     on its thread count, and the same frames must give the same bytes on every machine.
     """
     import av
@@ -444,7 +444,8 @@ def encode_h264_bytes(frames, fps: float, crf: int, preset: str = "medium", rois
     with av.open(buffer, mode="w", format="mp4") as container:
         encoder = _H264Stream(container, fps, crf, preset, threads=1)
         for i, f in enumerate(frames):
-            encoder.write(f, rois[i] if rois is not None else (), qoffset)
+            q = qoffset[i] if isinstance(qoffset, (list, tuple)) else qoffset
+            encoder.write(f, rois[i] if rois is not None else (), q)
         encoder.flush()
         size = encoder.payload
     buffer.seek(0)
