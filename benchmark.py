@@ -1,12 +1,15 @@
 """Speed and memory numbers the issues ask for, measured on this machine and printed.
 
     python benchmark.py network        # params, ms per 1280x720 frame at x2 vs cv2 INTER_AREA
-    python benchmark.py pipeline       # end-to-end frames/s at 720p x2: motion ROI, YOLO k=1, YOLO k=5
+    python benchmark.py pipeline       # end-to-end frames/s at 720p x2: motion ROI; YOLO (.pt architecture and
+                                       # the int8 ONNX segmenter of ../shared when present) at k=1 and k=5
     python benchmark.py memory         # peak RSS of inference on a short and a 10x longer input
     python benchmark.py all
 
-YOLO timings use the yolov8n-seg architecture built from its yaml when the weights are absent:
-random weights, the same cost per frame.
+YOLO timings use models/yolov8n-seg.pt, or the yolov8n-seg architecture built from its yaml when
+the weights are absent (random weights, the same cost per frame), and the int8 ONNX export in
+../shared/models when it is there. Every pipeline run writes all outputs with the defaults, the
+closed loop (rd_control) included; its share of the time is printed.
 """
 from __future__ import annotations
 
@@ -26,9 +29,10 @@ REPO = Path(__file__).resolve().parent
 
 
 def bench_network(threads: int = 2, repeats: int = 30):
-    from roi_downsampler import DownsamplerConfig, ROIDownsampler, count_parameters, default_checkpoint, load_model
+    from checkpoint import default_path, load_model
+    from roi_downsampler import DownsamplerConfig, ROIDownsampler, count_parameters
     torch.set_num_threads(threads)
-    ckpt = default_checkpoint(2)
+    ckpt = default_path(2)
     model = load_model(ckpt)[0] if ckpt.exists() else ROIDownsampler(DownsamplerConfig(scale_factor=2)).eval()
     frame = torch.rand(1, 3, 720, 1280)
     mask = torch.zeros(1, 1, 720, 1280)
@@ -66,34 +70,42 @@ def _clip_720p(n: int) -> Path:
     return path
 
 
-def bench_pipeline(threads: int = 2, frames: int = 100):
-    import inference
-    from roi_sources import load_yolo, make_roi_source
-    torch.set_num_threads(threads)
-    clip = _clip_720p(frames)
-    yolo = None
+def _segmenters() -> list[tuple[str, object]]:
+    """(label, loaded YOLO model) for every segmenter there is to time."""
+    from roi_sources import load_yolo
+    found = []
     seg = REPO / "models" / "yolov8n-seg.pt"
     try:
-        yolo = load_yolo(str(seg))
-        label = "yolov8n-seg.pt"
+        found.append(("yolov8n-seg.pt", load_yolo(str(seg))))
     except Exception:
-        yolo = load_yolo("yolov8n-seg.yaml")
-        label = "yolov8n-seg.yaml (random weights, same cost)"
-    cases = [("motion", 1), ("yolo", 1), ("yolo", 5)]
-    for source, k in cases:
-        with tempfile.TemporaryDirectory() as out:
-            args = inference.build_parser().parse_args(
-                ["--input_dir", str(clip), "--output_dir", out, "--roi_source", source, "--keyframe_interval", str(k),
-                 "--threads", str(threads)])
+        found.append(("yolov8n-seg.yaml (random weights, the .pt's cost)", load_yolo("yolov8n-seg.yaml")))
+    onnx = REPO.parent / "shared" / "models" / "yolov8n-seg_int8.onnx"
+    if onnx.is_file():
+        found.append(("yolov8n-seg_int8.onnx (input 320)", load_yolo(str(onnx))))
+    else:
+        print(f"note: {onnx} not found: the int8 ONNX segmenter is not timed")
+    return found
 
-            def factory(kind, **kw):
-                kw["yolo_model"] = yolo
-                return make_roi_source(kind, **kw)
-            report = inference.run(args, roi_factory=factory)[0]
-        stages = ", ".join(f"{k} {v:.0f}" for k, v in report["stage_fps"].items())
-        name = "motion ROI" if source == "motion" else f"YOLO {label}, keyframe interval {k}"
+
+def bench_pipeline(threads: int = 2, frames: int = 100, extra: tuple = ()):
+    import inference
+    from roi_sources import make_roi_source
+    torch.set_num_threads(threads)
+    clip = _clip_720p(frames)
+    cases = [("motion ROI", None, 1)] + [(f"YOLO {label}, keyframe interval {k}", model, k)
+                                         for label, model in _segmenters() for k in (1, 5)]
+    for name, yolo, k in cases:
+        with tempfile.TemporaryDirectory() as out:
+            cfg = inference.config_from_args(inference.build_parser().parse_args(
+                ["--input_dir", str(clip), "--output_dir", out, "--roi_source", "motion" if yolo is None else "yolo",
+                 "--keyframe_interval", str(k), "--threads", str(threads), *extra]))
+            report = inference.run(cfg, roi_factory=lambda opts, **kw: make_roi_source(opts, yolo_model=yolo, **kw))[0]
+        stages = ", ".join(f"{k} {v:.0f}" for k, v in report["stage_fps"].items() if v)
+        loop = report.get("rd_control_seconds", 0.0)
         print(f"pipeline 1280x720 x2, {threads} threads, {name}: {report['overall_fps']:.1f} frames/s "
-              f"(stages frames/s: {stages})")
+              f"(stages frames/s: {stages}; closed loop {loop:.2f} s = {100 * loop / report['seconds']:.0f}% of "
+              f"{report['seconds']:.1f} s; video.mp4 {report['video_bytes']} B = "
+              f"{report['bytes_vs_area_pct']:+.1f}% vs area)")
 
 
 def bench_memory(threads: int = 2):
@@ -116,11 +128,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", nargs="?", default="all", choices=["network", "pipeline", "memory", "all"])
     p.add_argument("--threads", type=int, default=2)
-    a = p.parse_args()
+    p.add_argument("--frames", type=int, default=100, help="pipeline: frames of the 720p clip")
+    a, extra = p.parse_known_args()  # pipeline: anything else goes to inference.py (e.g. --rd_control off)
     if a.what in ("network", "all"):
         bench_network(a.threads)
     if a.what in ("pipeline", "all"):
-        bench_pipeline(a.threads)
+        bench_pipeline(a.threads, a.frames, tuple(extra))
     if a.what in ("memory", "all"):
         bench_memory(a.threads)
 

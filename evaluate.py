@@ -136,14 +136,20 @@ def model_points(frames, masks, s, model, crfs, fps, preset, ref, roi, rd: dict,
     """The model as inference writes video.mp4: network output, then per segment the closed loop's
     choice of background and ROI offset at each CRF (``rd``: segment, trial_frames, on)."""
     t = time.perf_counter()
-    images, softs = engine.downsample(model, frames, masks, with_masks=True)
+    model.follow_gate = not rd["on"]  # with the loop on, x264 decides, not the gate (as in inference)
+    try:
+        images, softs = engine.downsample(model, frames, masks, with_masks=True)
+    finally:
+        model.follow_gate = True
     seconds = time.perf_counter() - t
     area = metrics.resize_all(frames, s)
     points, chosen = [], {}
     for crf in tqdm(crfs, desc=f"{name}: model (closed loop)", unit="crf", leave=False):
-        options = rd_control.candidates(fixed_qoffset=rd.get("qoffset")) if rd["on"] else \
-            [rd_control.Candidate("model", rd.get("qoffset") or 0.0)]
-        decisions = rd_control.plan(images, area, softs, crf, fps, preset, rd["segment"], rd["trial_frames"], options)
+        if rd["on"]:
+            decisions = rd_control.plan(images, area, softs, crf, fps, preset, rd["segment"], rd["trial_frames"],
+                                        rd_control.candidates(fixed_qoffset=rd.get("qoffset")))
+        else:  # the network's output as it is, as inference writes it with --rd_control off
+            decisions = [rd_control.Decision(0, len(images), rd_control.Candidate("model", rd.get("qoffset") or 0.0))]
         out, rects, qs = rd_control.apply(decisions, images, area, softs)
         p = measure_point(out, ref, roi, crf, fps, preset, rects, qs, **common)
         p["choices"] = [d.choice.name for d in decisions]
@@ -224,7 +230,8 @@ def point_at(rd, crf):
 
 def markdown_table(name: str, res: dict) -> str:
     lines = [f"**{name}** ({res['frames']} frames, {res['size'][0]}x{res['size'][1]}, x{res['scale_factor']}, "
-             f"scored ROI {100 * res['roi_fraction']:.1f}% of pixels; methods' masks: {res['roi_source']}; "
+             f"scored ROI {100 * res['roi_fraction']:.1f}% of pixels; methods' masks: {res['roi_source']}"
+             + (f" (IoU {res['mask_iou_vs_gt']:.2f} with the annotation)" if "mask_iou_vs_gt" in res else "") + "; "
              f"score: {res['score_masks']})", "",
              "| method | BD-rate vs area (ROI-PSNR) | bytes @CRF23 | ROI-PSNR @23 | ROI-SSIM @23 | bg-PSNR @23 "
              "| bg-SSIM @23 | det F1 @23 | bytes at area's F1@23 | bg flicker | fps |",
@@ -338,6 +345,7 @@ def build_parser():
     p.add_argument("--preset", default="medium", help="x264 preset used for the measurement")
     p.add_argument("--max_frames", type=int, default=48)
     p.add_argument("--modes", default="end_to_end,oracle", help="with --suite: end_to_end, oracle or both")
+    p.add_argument("--clips", default="", help="with --suite: comma-separated subset of its clips (default: all)")
     p.add_argument("--output_dir", default="output/eval")
     p.add_argument("--threads", type=int, default=None)
     return p
@@ -389,6 +397,11 @@ def run(args) -> int:
     if args.suite:
         jobs, notes = suite_jobs(opts.seg_model_path)
         modes = [m for m in args.modes.split(",") if m]
+        wanted = [c for c in args.clips.split(",") if c]
+        unknown = set(wanted) - {j[0] for j in jobs}
+        if unknown:
+            raise UserError(f"--clips: {', '.join(sorted(unknown))} not in the suite ({', '.join(j[0] for j in jobs)})")
+        jobs = [j for j in jobs if not wanted or j[0] in wanted]
     elif args.input:
         jobs, modes = [(Path(args.input).stem, Path(args.input), args.gt_masks, None)], ["given"]
     else:
@@ -414,6 +427,8 @@ def run(args) -> int:
                 masks, used = clip_masks(frames, names, opts)
             res = evaluate_clip(frames, masks, methods, args.scale_factor, crfs, fps, model, args.preset, name,
                                 gt_masks=gt, detector=detector, det_every=args.det_every, rd=rd)
+            if gt is not None and mode != "oracle":
+                res["mask_iou_vs_gt"] = metrics.mask_iou(masks, gt)
             res.update(roi_source=used, mode=mode if mode != "given" else ("scored on --gt_masks" if gt else "oracle"),
                        score_masks="human annotation" if gt is not None else "the methods' own masks (oracle)")
             key = f"{name} [{mode}]" if args.suite else name

@@ -57,6 +57,8 @@ class InferenceConfig:
     rd_control: bool = True
     segment: int = 50
     trial_frames: int = 12
+    rd_budget: float = 5.0  # seconds of trial encodes per segment, at most (a safety net: when it bites,
+    #                         the choice depends on the machine's speed)
     compare_area: bool = True
     device: str = "auto"
     batch_size: int = 8
@@ -94,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--segment", type=int, default=d.segment, help="frames per closed-loop decision (look-ahead)")
     p.add_argument("--trial_frames", type=int, default=d.trial_frames,
                    help="frames at the start of each segment that the closed loop trial-encodes")
+    p.add_argument("--rd_budget", type=float, default=d.rd_budget,
+                   help="seconds of trial encodes per segment: candidates not tried by then are skipped "
+                        "(area and the network's background are always tried)")
     p.add_argument("--no_compare_area", dest="compare_area", action="store_false",
                    help="skip the extra encode of plain area downscaling that report.json compares against")
     p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:0, or auto (CUDA when present)")
@@ -130,6 +135,8 @@ def check_config(cfg: InferenceConfig) -> None:
         raise UserError(f"--background_strength must be in [0, 1], got {cfg.background_strength}")
     if not (cfg.background_quality == 0 or 10 <= cfg.background_quality <= 100):
         raise UserError(f"--background_quality must be 0 (off) or 10..100 dB, got {cfg.background_quality}")
+    if not cfg.rd_budget > 0:
+        raise UserError(f"--rd_budget must be > 0 seconds, got {cfg.rd_budget}")
     if cfg.segment < 1 or cfg.trial_frames < 1:
         raise UserError(f"--segment and --trial_frames must be >= 1, got {cfg.segment}, {cfg.trial_frames}")
     presets = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
@@ -255,7 +262,7 @@ class SequenceWriter:
                                        rd_control.Candidate("model", self.cfg.roi_qoffset or 0.0))
         options = rd_control.candidates(fixed_qoffset=self.cfg.roi_qoffset)
         return rd_control.decide(imgs, areas, softs, self.cfg.crf, self.fps, self.cfg.preset, self.pending[0][0],
-                                 self.cfg.trial_frames, options)
+                                 self.cfg.trial_frames, options, self.cfg.rd_budget)
 
     def flush(self):
         import debug_viz
@@ -390,6 +397,7 @@ def run(cfg: InferenceConfig, roi_factory=None) -> list[dict]:
     model, ckpt_name = load_downsampler(cfg)
     model.set_background_strength(cfg.background_strength)
     model.set_background_floor(cfg.background_quality)
+    model.follow_gate = not cfg.rd_control  # with the closed loop on, x264 decides, not the gate
     model.to(device)
     reports = []
     with ResultFolder(output_dir, "--output_dir") as result:

@@ -164,6 +164,13 @@ def detection_f1(reference: list, found: list, iou_threshold: float = 0.5) -> tu
     return tp, len(found) - tp, len(unmatched)
 
 
+def mask_iou(found, truth) -> float:
+    """Intersection over union of two mask sequences, pooled over all frames (1.0 when both are empty)."""
+    a, b = np.stack(found) > 0, np.stack(truth) > 0
+    union = (a | b).sum()
+    return 1.0 if union == 0 else float((a & b).sum() / union)
+
+
 def f1_score(tp: int, fp: int, fn: int) -> float:
     """F1 of pooled counts; 1.0 when there was nothing to find and nothing was found."""
     return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)

@@ -17,7 +17,8 @@ bits to the ROI even where that loses against simply lowering the CRF; it is the
 measured slope is not usable.) Both backgrounds already
 meet the background floor (the network applies it), so the floor never needs a trial. The look-
 ahead is one segment; ``budget_seconds`` bounds the trial time per segment (the candidates are
-tried in order of their prior and the trials stop when the budget is spent).
+tried in order of their prior and the trials stop when the budget is spent, after area and the
+network's background have been tried).
 """
 from __future__ import annotations
 
@@ -83,6 +84,34 @@ def roi_of(softs) -> list[np.ndarray]:
     return [s >= 128 for s in softs]
 
 
+@dataclass
+class AreaLine:
+    """What plain area downscaling costs on a trial window, and the ROI SSE it trades per bit when
+    the CRF changes (the slope a candidate must beat)."""
+    bits: float
+    roi_sse: float
+    lam: float
+
+    def cost(self, bits: float, roi_sse: float) -> float:
+        return roi_sse + self.lam * bits
+
+
+def trial(frames, area_frames, roi, crf: int, fps: float, preset: str, qoffset: float = 0.0):
+    """(bits, ROI SSE against area downscaling) of frames encoded and decoded with x264; roi: (T,h,w,1) bool."""
+    rects = [roi_rectangles(r[..., 0]) for r in roi] if qoffset else None
+    size, decoded = encode_h264_bytes(frames, fps, crf, preset, rois=rects, qoffset=qoffset)
+    ref = np.stack(area_frames).astype(np.float64)
+    return 8 * size, float((((np.stack(decoded) - ref) ** 2) * roi).sum() / 3)
+
+
+def area_line(area_frames, roi, crf: int, fps: float, preset: str) -> AreaLine:
+    """Area downscaling at this CRF and at CRF+3: its cost and its measured lambda."""
+    anchor = trial(area_frames, area_frames, roi, crf, fps, preset)
+    probe = trial(area_frames, area_frames, roi, min(51, crf + 3), fps, preset)
+    slope = (probe[1] - anchor[1]) / (anchor[0] - probe[0]) if anchor[0] > probe[0] else 0.0
+    return AreaLine(anchor[0], anchor[1], slope if slope > 0 else lagrangian(crf))
+
+
 def decide(model_frames, area_frames, softs, crf: int, fps: float, preset: str, start: int = 0,
            trial_frames: int = 12, options=None, budget_seconds: float = float("inf")) -> Decision:
     """Trial-encode the start of one segment for every candidate; return the cheapest."""
@@ -90,29 +119,20 @@ def decide(model_frames, area_frames, softs, crf: int, fps: float, preset: str, 
     options = options or candidates()
     n = min(trial_frames, len(model_frames))
     roi = np.stack(roi_of(softs[:n]))[..., None]
-    ref = np.stack(area_frames[:n]).astype(np.float64)
-    rects = [roi_rectangles(r[..., 0]) for r in roi]
-    def trial(c: Candidate, q: int):
-        frames = (model_frames if c.background == "model" else area_frames)[:n]
-        size, decoded = encode_h264_bytes(frames, fps, q, preset, rois=rects if c.qoffset else None,
-                                          qoffset=c.qoffset)
-        return 8 * size, float((((np.stack(decoded) - ref) ** 2) * roi).sum() / 3)
-
-    anchor = trial(Candidate("area", 0.0), crf)
-    probe = trial(Candidate("area", 0.0), min(51, crf + 3))
-    slope = (probe[1] - anchor[1]) / (anchor[0] - probe[0]) if anchor[0] > probe[0] else 0.0
-    lam = slope if slope > 0 else lagrangian(crf)
-    costs = {"area": {"bits": anchor[0], "roi_sse": anchor[1], "cost": anchor[1] + lam * anchor[0]}}
+    area = area_frames[:n]
+    line = area_line(area, roi, crf, fps, preset)
+    costs = {"area": {"bits": line.bits, "roi_sse": line.roi_sse, "cost": line.cost(line.bits, line.roi_sse)}}
     for c in options:
         if c.name in costs:
             continue
-        if time.perf_counter() - t0 > budget_seconds:
-            break
-        bits, sse = trial(c, crf)
-        costs[c.name] = {"bits": bits, "roi_sse": sse, "cost": sse + lam * bits}
+        if len(costs) > 1 and time.perf_counter() - t0 > budget_seconds:
+            break  # area and the first candidate (the network's background) are always tried
+        frames = (model_frames if c.background == "model" else area_frames)[:n]
+        bits, sse = trial(frames, area, roi, crf, fps, preset, c.qoffset)
+        costs[c.name] = {"bits": bits, "roi_sse": sse, "cost": line.cost(bits, sse)}
     allowed = {c.name: c for c in options} | {"area": Candidate("area", 0.0)}
     best = min((n for n in costs if n in allowed), key=lambda n: costs[n]["cost"])
-    return Decision(start, len(model_frames), allowed[best], costs, time.perf_counter() - t0, lam)
+    return Decision(start, len(model_frames), allowed[best], costs, time.perf_counter() - t0, line.lam)
 
 
 def plan(model_frames, area_frames, softs, crf, fps, preset, segment: int = 50, trial_frames: int = 12,

@@ -240,7 +240,9 @@ class AdaptiveMaskHead(nn.Module):
     shrunk, so every object pixel stays on the sharp path. Halo: a tiny conv on (mask, image)
     at half resolution (4x cheaper) shapes a dilated, blurred border whose strength is the
     predicted ``mask_feather`` -- soft transitions when they pay, a tight mask when bits matter
-    more (every pixel of margin costs bits in every frame).
+    more (every pixel of margin costs bits in every frame). The halo is confined to ~16 output
+    pixels around the objects: trained on a detector that misses parts of objects, an unconfined
+    halo learned to cover the whole frame, which protects everything and simplifies nothing.
     """
 
     def __init__(self, cfg: DownsamplerConfig):
@@ -259,7 +261,8 @@ class AdaptiveMaskHead(nn.Module):
         holes = F.interpolate(closed - roi_half, scale_factor=2, mode="nearest")[..., : size[0], : size[1]]
         core = torch.maximum(roi, holes)  # only holes are added: the outline does not grow
         logits = 6.0 * (2.0 * closed - 1.0) + self.refine(torch.cat([closed, image_half], 1))
-        halo = box_blur(dilate(torch.sigmoid(logits), 5), 5)
+        near = dilate(closed, 9)  # the halo is a border: at most ~16 output pixels from an object
+        halo = box_blur(dilate(torch.sigmoid(logits) * near, 5), 5)
         return torch.maximum(core, feather.view(-1, 1, 1, 1) * upsample(halo, size))
 
 
@@ -337,6 +340,8 @@ class ROIDownsampler(nn.Module):
         nn.init.zeros_(self.detail[2].bias)
         self.set_background_strength(1.0)
         self.set_background_floor(0.0)
+        self.follow_gate = True  # False: the background is simplified whatever the gate says (the
+        #                          closed loop in rd_control.py decides instead, by trial encodes)
 
     @property
     def scale_factor(self) -> int:
@@ -368,8 +373,10 @@ class ROIDownsampler(nn.Module):
         return base + alpha.view(-1, 1, 1, 1) * (background - base)
 
     def effective(self, params):
-        """bg_simplify and bg_hold scaled by the gate and --background_strength (reported so)."""
-        k = self.background_strength * params[:, PARAM_NAMES.index("bg_gate")]
+        """bg_simplify and bg_hold scaled by the gate (unless ``follow_gate`` is off) and
+        --background_strength (reported so)."""
+        gate = params[:, PARAM_NAMES.index("bg_gate")]
+        k = self.background_strength * (gate if self.follow_gate else torch.ones_like(gate))
         scale = torch.stack([k if n in ("bg_simplify", "bg_hold") else torch.ones_like(k) for n in PARAM_NAMES], 1)
         return params * scale
 

@@ -32,7 +32,7 @@ from blip_clip_loss import (CombinedLoss, LossWeights, PerceptualUnavailable, ar
                             rate_proxy, tensor_roi_at_output)
 from engine import pick_device, tensor_to_frames
 from errors import UserError, run_cli, warn
-from roi_downsampler import DownsamplerConfig, ROIDownsampler
+from roi_downsampler import DEFAULT_BACKGROUND_QUALITY, DownsamplerConfig, ROIDownsampler
 from roi_sources import (DEFAULT_ROI_CLASSES, DEFAULT_SEG_MODEL, KeyframeSource, MotionSource, YoloSegmenter,
                          YoloUnavailable, load_yolo)
 
@@ -49,6 +49,7 @@ class TrainConfig:
     rate_weight: float = LossWeights.rate
     background_weight: float = LossWeights.background
     boundary_weight: float = LossWeights.boundary
+    background_quality: float = DEFAULT_BACKGROUND_QUALITY  # train under the floor inference applies
     scale_factor: int = 2
     lr: float = 5e-3
     weight_decay: float = 0.0
@@ -87,6 +88,8 @@ def parse_args(argv=None) -> TrainConfig:
         "perceptual_model": "clip | blip | clip+blip | none",
         "allow_missing_perceptual": "train without the perceptual term if its weights cannot be loaded",
         "resume": "continue from output_dir/checkpoints/latest.pth",
+        "background_quality": "background PSNR floor against area (dB) applied while training, as inference "
+                              "applies it (0 = off)",
         "val_sequences": "comma-separated sequence names to validate on (default: --val_fraction by name hash)",
         "steps_per_epoch": "optimiser steps per epoch",
         "device": "auto (CUDA when present) | cpu | cuda",
@@ -103,6 +106,8 @@ def parse_args(argv=None) -> TrainConfig:
     cfg.seg_imgsz = cfg.seg_imgsz or None
     if cfg.scale_factor not in (2, 4):
         raise UserError(f"--scale_factor {cfg.scale_factor}: use 2 or 4")
+    if not (cfg.background_quality == 0 or 10 <= cfg.background_quality <= 100):
+        raise UserError(f"--background_quality must be 0 (off) or 10..100 dB, got {cfg.background_quality}")
     for name in ("epochs", "batch_size", "clip_length", "steps_per_epoch"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be >= 1")
@@ -335,6 +340,7 @@ def setup(cfg: TrainConfig) -> Run:
                                len(val_seqs), cfg.seed, train=False) if val_seqs else None
 
     model = ROIDownsampler(DownsamplerConfig(scale_factor=cfg.scale_factor)).to(device)
+    model.set_background_floor(cfg.background_quality)
     try:
         encoders = load_perceptual(cfg.perceptual_model, cfg.clip_model, cfg.clip_pretrained, cfg.blip_model)
     except PerceptualUnavailable as e:

@@ -103,6 +103,7 @@ class FrameReader:
     warning, recorded in ``skipped`` (opt-in); otherwise it is a UserError naming the file and the
     frame reached. Frames of a different size are always an error. ``last_name`` is the file name
     of the frame just yielded (frame folders), so masks can be paired by name. RGBA alpha is dropped.
+    A video's display rotation (phone footage) is applied, with a one-line note.
     """
 
     def __init__(self, path, fps: Optional[float] = None, skip_bad: bool = False):
@@ -110,6 +111,7 @@ class FrameReader:
         self.skip_bad = skip_bad
         self.skipped: list[str] = []
         self.last_name: Optional[str] = None
+        self.rotated = False
         if self.path.is_dir():
             self.files = list_frame_files(self.path)
             first = self._first_readable()
@@ -166,12 +168,25 @@ class FrameReader:
                     slack = 0
                 for frame in container.decode(stream):
                     n += 1
-                    yield frame.to_ndarray(format="rgb24")
+                    yield self._upright(frame.to_ndarray(format="rgb24"), getattr(frame, "rotation", 0))
         except av.error.FFmpegError as e:
             self._truncated(f"decoding failed at frame {n} ({e.__class__.__name__})")
             return
         if expected and n < expected - slack:
             self._truncated(f"the container announces {expected} frames but only {n} decode (truncated?)")
+
+    def _upright(self, image: np.ndarray, rotation) -> np.ndarray:
+        """Apply the video's display rotation (phone videos), as players do; said once."""
+        turns = round(-(rotation or 0) / 90) % 4  # PyAV: counter-clockwise degrees; np.rot90(k=-1): clockwise
+        if not turns:
+            return image
+        image = np.ascontiguousarray(np.rot90(image, k=-turns))
+        if not self.rotated:
+            warn(f"{self.path}: display rotation of {90 * turns} degrees clockwise applied "
+                 f"(frames are {image.shape[1]}x{image.shape[0]} upright)")
+            self.rotated = True
+            self.info.width, self.info.height = image.shape[1], image.shape[0]
+        return image
 
     def _truncated(self, what: str) -> None:
         if not self.skip_bad:

@@ -19,6 +19,18 @@ def test_detection_f1_known_answers():
     assert metrics.f1_score(0, 0, 0) == 1.0  # nothing there, nothing found
 
 
+def test_mask_iou_known_answers():
+    a = np.zeros((2, 10, 10), np.uint8)
+    a[:, :, :5] = 1                      # left half
+    b = np.zeros_like(a)
+    b[:, :, 5:] = 1                      # right half
+    assert metrics.mask_iou(a, a) == 1.0 and metrics.mask_iou(a, b) == 0.0
+    c = np.zeros_like(a)
+    c[:, :, :10] = 1                     # everything: IoU with the left half is 1/2
+    assert math.isclose(metrics.mask_iou(a, c), 0.5)
+    assert metrics.mask_iou(a * 0, b * 0) == 1.0  # nothing there, nothing found
+
+
 def test_bd_rate_is_na_without_overlap_and_measured_with_it():
     rate = [1000, 2000, 4000, 8000]
     low, high = [30, 32, 34, 36], [40, 42, 44, 46]
@@ -59,3 +71,12 @@ def test_roi_offsets_reach_the_encoder():
     q0, q1 = (metrics.masked_psnr(np.stack(d), ref, inside) for d in (d0, d1))
     assert roi > 1.1 * plain and q1 > q0 + 1.0
     assert encode_h264_bytes(frames, 25, 30, rois=[[]] * 6, qoffset=-0.3)[0] == plain  # no ROI: unchanged
+
+
+def test_evaluate_refuses_crfs_it_cannot_use(capsys):
+    """--crfs 99 (or fewer than the 4 points a BD-rate needs) is one line, not NaN columns."""
+    import evaluate
+    for bad in ("99", "18,23,28,99", "18,23,28", "a,b"):
+        code = evaluate.main(["--input", "nowhere.mp4", "--crfs", bad])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.count("\n") == 0 and "--crfs" in err, (bad, err)

@@ -217,3 +217,20 @@ def test_masks_of_another_aspect_ratio_are_an_error(tmp_path, ckpt, capsys):
     code, err = run(["--input_dir", clip, "--output_dir", tmp_path / "out", "--checkpoint_path", ckpt,
                      "--roi_source", "masks", "--masks_dir", masks], capsys)
     assert one_line_error(code, err) and "aspect ratio" in err
+
+
+@pytest.mark.parametrize("code_, fix", [("ENOSPC", "disk is full"), ("EROFS", "read-only"), ("EACCES", "permission")])
+def test_full_disk_or_read_only_output_is_one_line_and_leaves_nothing(tmp_path, ckpt, capsys, monkeypatch, code_, fix):
+    """The disk fills up (or turns out read-only) while the report is written: one line naming the
+    fix, no traceback, and the output folder does not appear half-written. (Root ignores
+    permission bits, so the failure is injected where the OS would raise it.)"""
+    import errno
+    clip, _ = clip_folder(tmp_path, n=3)
+
+    def fail(path, data):
+        raise OSError(getattr(errno, code_), "injected", str(path))
+    monkeypatch.setattr(inference, "atomic_write_bytes", fail)
+    code, err = run(["--input_dir", clip, "--output_dir", tmp_path / "out", "--checkpoint_path", ckpt,
+                     "--roi_source", "motion"], capsys)
+    assert one_line_error(code, err) and fix in err and "report.json" in err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))

@@ -99,3 +99,25 @@ def test_motion_source_finds_the_moving_object_and_not_the_first_frame():
     assert got[0].max() == 0  # nothing is known to move yet
     last, truth = got[-1] > 0.5, masks[-1] > 0
     assert (last & truth).sum() > 0.5 * truth.sum() and last.mean() < 0.2
+
+
+def test_display_rotation_of_a_video_is_applied_with_a_note(tmp_path, capsys):
+    """A phone video stored landscape with a 90-degree display matrix comes out upright."""
+    import av
+    frame = np.zeros((48, 64, 3), np.uint8)
+    frame[:8, :16] = 255  # a bright block top-left of the stored picture
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.set_display_rotation(-90)  # counter-clockwise degrees: shown turned 90 degrees clockwise
+        for _ in range(3):
+            for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    r = FrameReader(path)
+    back = list(r)
+    assert back[0].shape == (64, 48, 3) and (r.info.width, r.info.height) == (48, 64)
+    assert back[0][:16, -8:].mean() > 200 and back[0][-16:, :8].mean() < 50  # top-left turned to top-right
+    assert "rotation" in capsys.readouterr().err
