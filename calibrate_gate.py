@@ -203,7 +203,9 @@ def run(args) -> int:
     memory, memory_scores, verdicts = choose_mask_memory(model, clips, refs)
     print("mask memory (temporal gate bias -> mean cost of the open gate vs area): "
           + ", ".join(f"{b:+.1f} -> {v:+.1f}%" for b, v in memory_scores.items()) + f"; chose {memory:+.1f}")
-    v = [verdicts[i] for i in range(len(clips))]
+    # clips the memory search did not judge again are measured with the chosen memory now
+    v = [verdicts[i] if i in verdicts else verdict(model, clip, ref)
+         for i, (clip, ref) in enumerate(tqdm(list(zip(clips, refs)), desc="x264 verdicts", unit="clip"))]
     # every frame is a sample labelled with its clip's verdict; a clip weighs what is at stake (capped)
     v_rows = torch.cat([torch.full((len(f),), x) for f, x in zip(feats, v)])
     w_rows = torch.cat([torch.full((len(f),), min(abs(x), 40.0) / len(f)) for f, x in zip(feats, v)])

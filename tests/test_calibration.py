@@ -65,3 +65,28 @@ def test_calibration_writes_a_loadable_checkpoint_and_keeps_the_input(tmp_path, 
     assert set(scores) >= {-2.0, -4.0, -8.0} and scores[chosen] == min(scores.values())
     assert float(model.temporal.gate.bias.detach()) == pytest.approx(chosen)
     assert "bg_gate" in PARAM_NAMES
+
+
+def test_clips_the_mask_memory_search_skipped_still_get_a_verdict(tmp_path, monkeypatch):
+    """When a shorter mask memory wins, the clips it was not judged on (where the open gate did
+    not pay) are measured again with it rather than dropped."""
+    import demo_data
+    monkeypatch.setattr(demo_data, "CACHE", tmp_path / "cache")
+    dataset = make_davis(tmp_path / "davis", names=("a", "b", "c"), n=10)
+    src, out = tmp_path / "in.pth", tmp_path / "out.pth"
+    save_checkpoint(src, _nontrivial_model(), train_args={"val_sequences": "c"})
+    calls = []
+
+    def fake_verdict(model, clip, ref):
+        bias = float(model.temporal.gate.bias.detach())
+        calls.append((clip.name, bias))
+        pays = clip.name.startswith("a")
+        return (-1.0 if bias > -8 else -2.0) if pays else 1.0
+    monkeypatch.setattr(cal, "verdict", fake_verdict)
+    code = cal.main(["--checkpoint_path", str(src), "--dataset_path", str(dataset), "--clip_length", "8",
+                     "--output_path", str(out)])
+    assert code == 0
+    report = load_model(out)[1]["gate_calibration"]
+    assert report["mask_memory_bias"] == -8.0
+    assert {c["clip"]: c["cost_vs_area_pct"] for c in report["clips"]} == {"a@0": -2.0, "b@0": 1.0}
+    assert ("b@0", -8.0) in calls  # re-measured with the chosen memory
