@@ -7,8 +7,8 @@ statistics (ROI area, motion, texture, ROI jump) -- has to guess. This step fits
 own verdict on the checkpoint's training sequences, as training saw them: real footage with the
 detector's masks (the same split and mask cache; the validation sequences are never used). Each
 clip window is run with the gate open, encoded with x264 (preset medium, CRF 23 and 33) beside
-area downscaling, and costed as the loop costs it (ROI SSE + lambda * bits, lambda measured on
-area's own curve). The same trials choose, also by x264, how long the soft mask outlives an
+area downscaling, and costed as the loop costs it (bytes at equal ROI-PSNR, read off area's own
+curve). The same trials choose, also by x264, how long the soft mask outlives an
 object (the temporal mask gate's bias). `bash train.sh` runs this after training.
 
     python calibrate_gate.py --checkpoint_path models/roi_downsampler_x2.pth   # rewritten in place
@@ -114,17 +114,14 @@ def area_reference(clip: CalibrationClip, s: int) -> AreaReference | None:
 
 
 def verdict(model, clip: CalibrationClip, ref: AreaReference | None) -> float:
-    """The open gate's cost relative to area's, as the closed loop costs it, in percent and
-    averaged over CRFS (negative: the loop would keep the network's background)."""
+    """The open gate's bytes against area's at equal ROI-PSNR, in percent, as the closed loop
+    reads them off area's curve, averaged over CRFS (negative: the loop would keep the network's
+    background)."""
     if ref is None:
         return 0.0
     out = run_with_gate(model, clip, 1.0)[0]
-    rel = []
-    for crf, line in ref.lines.items():
-        area_cost = line.cost(line.bits, line.roi_sse)
-        cost = line.cost(*rd_control.trial(out, ref.frames, ref.roi, crf, 25.0, PRESET))
-        rel.append(100 * (cost - area_cost) / max(area_cost, 1e-9))
-    return float(np.mean(rel))
+    return float(np.mean([line.bytes_vs_area_pct(*rd_control.trial(out, ref.frames, ref.roi, crf, 25.0, PRESET))
+                          for crf, line in ref.lines.items()]))
 
 
 @torch.no_grad()
@@ -201,7 +198,7 @@ def run(args) -> int:
         refs.append(area_reference(clip, s))
         feats.append(run_with_gate(model, clip, None)[2][len(clip.frames) // 4:])  # once the summary settled
     memory, memory_scores, verdicts = choose_mask_memory(model, clips, refs)
-    print("mask memory (temporal gate bias -> mean cost of the open gate vs area): "
+    print("mask memory (temporal gate bias -> mean bytes of the open gate vs area at equal ROI-PSNR): "
           + ", ".join(f"{b:+.1f} -> {v:+.1f}%" for b, v in memory_scores.items()) + f"; chose {memory:+.1f}")
     # clips the memory search did not judge again are measured with the chosen memory now
     v = [verdicts[i] if i in verdicts else verdict(model, clip, ref)
@@ -214,13 +211,13 @@ def run(args) -> int:
     with torch.no_grad():
         model.analyzer.gate.weight.copy_(weight[None])
         model.analyzer.gate.bias.fill_(float(bias))
-    print(f"{'clip':32s} {'open gate vs area':>18s} {'gate':>6s}")
+    print(f"{'clip':32s} {'open gate: bytes vs area':>25s} {'gate':>6s}")
     rows = []
     for clip, x, f in zip(clips, v, feats):
         g = float(torch.sigmoid(f @ weight + bias).mean())
-        rows.append({"clip": clip.name, "cost_vs_area_pct": x, "gate": g})
-        print(f"{clip.name:32s} {x:+17.1f}% {g:6.2f}")
-    agree = sum((r["gate"] > 0.5) == (r["cost_vs_area_pct"] < 0) for r in rows)
+        rows.append({"clip": clip.name, "bytes_vs_area_pct": x, "gate": g})
+        print(f"{clip.name:32s} {x:+24.1f}% {g:6.2f}")
+    agree = sum((r["gate"] > 0.5) == (r["bytes_vs_area_pct"] < 0) for r in rows)
     print(f"gate agrees with the closed loop on {agree}/{len(rows)} calibration clips")
     extra = {k: v for k, v in ckpt.items() if k not in checkpoint.FORMAT_KEYS}
     extra["gate_calibration"] = {"clips": rows, "agreement": agree / len(rows), "crfs": list(CRFS), "preset": PRESET,

@@ -147,7 +147,7 @@ def model_points(frames, masks, s, model, crfs, fps, preset, ref, roi, rd: dict,
     for crf in tqdm(crfs, desc=f"{name}: model (closed loop)", unit="crf", leave=False):
         if rd["on"]:
             decisions = rd_control.plan(images, area, softs, crf, fps, preset, rd["segment"], rd["trial_frames"],
-                                        rd_control.candidates(fixed_qoffset=rd.get("qoffset")))
+                                        rd.get("qoffset"))
         else:  # the network's output as it is, as inference writes it with --rd_control off
             decisions = [rd_control.Decision(0, len(images), rd_control.Candidate("model", rd.get("qoffset") or 0.0))]
         out, rects, qs = rd_control.apply(decisions, images, area, softs)
@@ -247,6 +247,39 @@ def markdown_table(name: str, res: dict) -> str:
         lines.append(f"| {label} | {bd} | {p['bytes']} | {p['roi_psnr']:.2f} | {p['roi_ssim']:.4f} | "
                      f"{p['bg_psnr']:.2f} | {p['bg_ssim']:.4f} | {f1} | {'n/a' if not np.isfinite(at) else round(at)} | "
                      f"{r['flicker_bg']:.2f} | {r['fps']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+SUMMARY_METHODS = ("model", "network", "area+roi_qp", "blur_heuristic", "area")
+
+
+def summary_table(results: dict) -> str:
+    """One row per clip: BD-rate vs area, background PSNR and detection F1 at CRF 23 of the methods
+    that matter most (the model as video.mp4 holds it, the network alone, the practitioners' ROI
+    baseline, the blur heuristic, area), and the medians over clips of the BD-rates."""
+    methods = [m for m in SUMMARY_METHODS if any(m in r["methods"] for r in results.values())]
+    head = ["clip", "masks in (IoU)"] + [f"{m} BD" for m in methods if m != "area"] + \
+           [f"bg-PSNR@23 {m}" for m in methods] + [f"F1@23 {m}" for m in methods]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    bds = {m: [] for m in methods}
+    for name, res in results.items():
+        iou = f" ({res['mask_iou_vs_gt']:.2f})" if "mask_iou_vs_gt" in res else ""
+        row = [name, f"{res['roi_source']}{iou}"]
+        for m in methods:
+            if m == "area":
+                continue
+            r = res["methods"].get(m)
+            v = r.get("bd_rate_vs_area", float("nan")) if r else float("nan")
+            bds[m].append(v)
+            row.append("-" if r is None else ("n/a" if not np.isfinite(v) else f"{v:+.1f}%"))
+        for key, fmt in (("bg_psnr", "{:.1f}"), ("det_f1", "{:.2f}")):
+            for m in methods:
+                p = point_at(res["methods"][m]["rd"], 23) if m in res["methods"] else {}
+                row.append(fmt.format(p[key]) if key in p else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    med = ["**median**", ""] + [f"{np.median([v for v in bds[m] if np.isfinite(v)]):+.1f}%"
+                                if any(np.isfinite(v) for v in bds[m]) else "n/a" for m in methods if m != "area"]
+    lines.append("| " + " | ".join(med + [""] * (len(head) - len(med))) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -440,7 +473,9 @@ def run(args) -> int:
     meta = {"notes": notes, "crfs": crfs, "preset": args.preset, "scale_factor": args.scale_factor,
             "detector": getattr(detector, "imgsz", None) and (args.detector_path or str(SHARED_DET))}
     atomic_write_bytes(out_dir / "results.json", json.dumps({"meta": meta, "clips": results}, indent=2).encode())
-    atomic_write_bytes(out_dir / "results.md", "\n".join(notes + tables).encode())
+    summary = summary_table(results)
+    print(summary)
+    atomic_write_bytes(out_dir / "results.md", "\n".join(notes + [summary] + tables).encode())
     plot_rd(results, out_dir / "rd_curves.png")
     print(f"wrote {out_dir}/results.json, results.md, rd_curves.png")
     return 0

@@ -88,8 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crf", type=int, default=d.crf, help="x264 CRF of video.mp4 (0-51, lower = better)")
     p.add_argument("--preset", default=d.preset, help="x264 preset of video.mp4 (ultrafast ... veryslow)")
     p.add_argument("--roi_qoffset", default="auto",
-                   help="x264 ROI quantiser offset on the objects' macroblocks in video.mp4: auto (the closed loop "
-                        "chooses among 0 and -0.2 per segment) or a number in -1..1 (negative = more bits on objects)")
+                   help="x264 ROI quantiser offset on the objects' macroblocks in video.mp4 (x 51 QP): auto (the closed "
+                        "loop chooses 0, -0.15 or -0.3 per segment) or a number in -1..1 (negative = more bits "
+                        "on objects)")
     p.add_argument("--rd_control", default="on", choices=["on", "off"],
                    help="on: per segment, trial-encode the candidates (network/area background x ROI offset) "
                         "and keep the cheapest; off: the network's output with --roi_qoffset (auto = 0)")
@@ -260,9 +261,8 @@ class SequenceWriter:
         if not self.cfg.rd_control:
             return rd_control.Decision(self.pending[0][0], len(imgs),
                                        rd_control.Candidate("model", self.cfg.roi_qoffset or 0.0))
-        options = rd_control.candidates(fixed_qoffset=self.cfg.roi_qoffset)
         return rd_control.decide(imgs, areas, softs, self.cfg.crf, self.fps, self.cfg.preset, self.pending[0][0],
-                                 self.cfg.trial_frames, options, self.cfg.rd_budget)
+                                 self.cfg.trial_frames, self.cfg.roi_qoffset, self.cfg.rd_budget)
 
     def flush(self):
         import debug_viz
@@ -302,7 +302,7 @@ class SequenceWriter:
     def report(self) -> dict:
         return {"roi_qoffset": self.qoffsets, "roi_rectangles": self.rois,
                 "rd_control": [{"start": d.start, "frames": d.frames, "choice": d.choice.name,
-                                "lambda": d.lam, "seconds": d.seconds, "costs": d.costs} for d in self.decisions],
+                                "slope_db_per_doubling": d.slope, "seconds": d.seconds, "costs": d.costs} for d in self.decisions],
                 "rd_control_seconds": sum(d.seconds for d in self.decisions)}
 
 

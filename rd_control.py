@@ -1,24 +1,23 @@
-"""Decide with the encoder: per segment, trial-encode the candidate outputs with x264 and keep the
-one with the lowest rate-distortion cost.
+"""Decide with the encoder: per segment, trial-encode candidate outputs with x264 and keep the one
+that costs the fewest bytes for its ROI quality.
 
 A candidate is a background (the network's simplified one, or plain area downscaling) and an
 x264 ROI quantiser offset on the objects' macroblocks. For each segment (default 50 frames, 2 s
-at 25 fps) the first ``trial_frames`` of every candidate are encoded with the same x264 settings
-as the real stream, decoded, and scored
+at 25 fps) the first ``trial_frames`` of a candidate are encoded with the same x264 settings as
+the real stream, decoded, and placed against plain area downscaling's own curve:
 
-    J = SSE inside the ROI (against area downscaling) + lambda * bits
+    cost = slope * log2(bits) - ROI-PSNR      (ROI-PSNR against area downscaling, in the ROI)
 
-and lambda is measured, not assumed: the slope of plain area downscaling's own curve (ROI SSE
-against bits) between this CRF and CRF+3, from one extra trial. A candidate is chosen only if it
-lies below the line area itself moves along when the CRF changes -- the same question the
-BD-rate against area asks -- so the loop never picks something worse than area in its own trials.
-(x264's Lagrangian, 0.85 * 2^((CRF-12)/3), prices every bit at the ROI's rate and favours moving
-bits to the ROI even where that loses against simply lowering the CRF; it is the fallback when the
-measured slope is not usable.) Both backgrounds already
-meet the background floor (the network applies it), so the floor never needs a trial. The look-
-ahead is one segment; ``budget_seconds`` bounds the trial time per segment (the candidates are
-tried in order of their prior and the trials stop when the budget is spent, after area and the
-network's background have been tried).
+where ``slope`` (dB per doubling of the bits) is measured, not assumed: area at this CRF and at
+CRF+3, one extra trial. A candidate with a lower cost than area lies above area's curve in the
+(log bytes, ROI-PSNR) plane -- the geometry of the BD-rate against area -- and its cost difference
+converts to "bytes at equal ROI quality" (reported as ``bytes_vs_area_pct``). (An earlier version
+priced SSE linearly, which can never credit a large quality gain and so rejected ROI offsets
+that x264's own ROI mode shows to pay.) The search is greedy, to keep trials few: first the
+background at no offset (network vs area), then the offsets on the better background. Both
+backgrounds already meet the background floor (the network applies it), so the floor needs no
+trial. The look-ahead is one segment; ``budget_seconds`` bounds the trial time per segment
+(area and the network's background are always tried; later offsets are skipped when it is spent).
 """
 from __future__ import annotations
 
@@ -30,8 +29,9 @@ import numpy as np
 from errors import UserError
 from video_io import encode_h264_bytes, roi_rectangles
 
-QOFFSETS = (0.0, -0.2)
+QOFFSETS = (-0.15, -0.3)     # tried on the better background after "no offset" (x264: x 51 QP)
 BACKGROUNDS = ("model", "area")
+DEFAULT_SLOPE = 4.0          # dB per doubling of the bits, when area's own curve cannot be measured
 
 
 @dataclass
@@ -41,18 +41,18 @@ class Candidate:
 
     @property
     def name(self) -> str:
-        return f"{self.background}{'' if not self.qoffset else f'+roi_qp{self.qoffset:+.1f}'}"
+        return f"{self.background}{'' if not self.qoffset else f'+roi_qp{self.qoffset:+.2f}'}"
 
 
 @dataclass
 class Decision:
-    """The choice for one segment and what every candidate cost."""
+    """The choice for one segment and what every candidate tried cost."""
     start: int
     frames: int
     choice: Candidate
-    costs: dict = field(default_factory=dict)   # candidate name -> {"bits", "roi_sse", "cost"}
+    costs: dict = field(default_factory=dict)   # name -> {"bits", "roi_psnr", "cost", "bytes_vs_area_pct"}
     seconds: float = 0.0
-    lam: float = 0.0                            # ROI SSE per bit used for the costs
+    slope: float = 0.0                          # dB of ROI-PSNR per doubling of the bits, on area's curve
 
 
 def parse_qoffset(text: str):
@@ -68,17 +68,6 @@ def parse_qoffset(text: str):
     return q
 
 
-def lagrangian(crf: int) -> float:
-    """SSE per bit at this quantiser, as x264 trades distortion against rate."""
-    return 0.85 * 2 ** ((crf - 12) / 3)
-
-
-def candidates(qoffsets=QOFFSETS, backgrounds=BACKGROUNDS, fixed_qoffset=None) -> list[Candidate]:
-    """Model background first (the prior), then area; a fixed --roi_qoffset leaves only that offset."""
-    qs = (fixed_qoffset,) if fixed_qoffset is not None else qoffsets
-    return [Candidate(b, q) for b in backgrounds for q in qs]
-
-
 def roi_of(softs) -> list[np.ndarray]:
     """The ROI the encoder and the cost see: soft importance >= 0.5."""
     return [s >= 128 for s in softs]
@@ -86,60 +75,83 @@ def roi_of(softs) -> list[np.ndarray]:
 
 @dataclass
 class AreaLine:
-    """What plain area downscaling costs on a trial window, and the ROI SSE it trades per bit when
-    the CRF changes (the slope a candidate must beat)."""
+    """Plain area downscaling on a trial window: its bits and ROI-PSNR at this CRF, and the slope
+    of its own curve (dB per doubling of the bits) that a candidate must beat."""
     bits: float
-    roi_sse: float
-    lam: float
+    psnr: float
+    slope: float
 
-    def cost(self, bits: float, roi_sse: float) -> float:
-        return roi_sse + self.lam * bits
+    def cost(self, bits: float, psnr: float) -> float:
+        return self.slope * np.log2(max(bits, 1.0)) - psnr
+
+    def bytes_vs_area_pct(self, bits: float, psnr: float) -> float:
+        """Bytes against area's at equal ROI-PSNR (negative: fewer), read off area's local curve."""
+        return 100 * (2 ** ((self.cost(bits, psnr) - self.cost(self.bits, self.psnr)) / self.slope) - 1)
 
 
 def trial(frames, area_frames, roi, crf: int, fps: float, preset: str, qoffset: float = 0.0):
-    """(bits, ROI SSE against area downscaling) of frames encoded and decoded with x264; roi: (T,h,w,1) bool."""
+    """(bits, ROI-PSNR against area downscaling) of frames encoded and decoded with x264.
+    roi: (T,h,w,1) bool; an empty ROI scores the whole frame (nothing to protect: plain quality)."""
     rects = [roi_rectangles(r[..., 0]) for r in roi] if qoffset else None
     size, decoded = encode_h264_bytes(frames, fps, crf, preset, rois=rects, qoffset=qoffset)
-    ref = np.stack(area_frames).astype(np.float64)
-    return 8 * size, float((((np.stack(decoded) - ref) ** 2) * roi).sum() / 3)
+    weight = roi if roi.any() else np.ones_like(roi)
+    err = (np.stack(decoded).astype(np.float64) - np.stack(area_frames)) ** 2
+    mse = float((err * weight).sum() / (3 * weight.sum()))
+    return 8 * size, 10 * np.log10(255.0 ** 2 / max(mse, 1e-10))
 
 
 def area_line(area_frames, roi, crf: int, fps: float, preset: str) -> AreaLine:
-    """Area downscaling at this CRF and at CRF+3: its cost and its measured lambda."""
-    anchor = trial(area_frames, area_frames, roi, crf, fps, preset)
-    probe = trial(area_frames, area_frames, roi, min(51, crf + 3), fps, preset)
-    slope = (probe[1] - anchor[1]) / (anchor[0] - probe[0]) if anchor[0] > probe[0] else 0.0
-    return AreaLine(anchor[0], anchor[1], slope if slope > 0 else lagrangian(crf))
+    """Area downscaling at this CRF and at CRF+3: where it stands and its measured slope."""
+    bits, psnr = trial(area_frames, area_frames, roi, crf, fps, preset)
+    bits_p, psnr_p = trial(area_frames, area_frames, roi, min(51, crf + 3), fps, preset)
+    usable = bits > bits_p and psnr > psnr_p
+    slope = (psnr - psnr_p) / (np.log2(bits) - np.log2(bits_p)) if usable else DEFAULT_SLOPE
+    return AreaLine(bits, psnr, float(slope))
 
 
 def decide(model_frames, area_frames, softs, crf: int, fps: float, preset: str, start: int = 0,
-           trial_frames: int = 12, options=None, budget_seconds: float = float("inf")) -> Decision:
-    """Trial-encode the start of one segment for every candidate; return the cheapest."""
+           trial_frames: int = 12, qoffset=None, budget_seconds: float = float("inf"),
+           backgrounds=BACKGROUNDS) -> Decision:
+    """Trial-encode the start of one segment; return the cheapest candidate. ``qoffset``: None
+    searches QOFFSETS; a number fixes the offset (--roi_qoffset), the backgrounds are still tried."""
     t0 = time.perf_counter()
-    options = options or candidates()
     n = min(trial_frames, len(model_frames))
     roi = np.stack(roi_of(softs[:n]))[..., None]
     area = area_frames[:n]
     line = area_line(area, roi, crf, fps, preset)
-    costs = {"area": {"bits": line.bits, "roi_sse": line.roi_sse, "cost": line.cost(line.bits, line.roi_sse)}}
-    for c in options:
-        if c.name in costs:
-            continue
-        if len(costs) > 1 and time.perf_counter() - t0 > budget_seconds:
-            break  # area and the first candidate (the network's background) are always tried
-        frames = (model_frames if c.background == "model" else area_frames)[:n]
-        bits, sse = trial(frames, area, roi, crf, fps, preset, c.qoffset)
-        costs[c.name] = {"bits": bits, "roi_sse": sse, "cost": line.cost(bits, sse)}
-    allowed = {c.name: c for c in options} | {"area": Candidate("area", 0.0)}
-    best = min((n for n in costs if n in allowed), key=lambda n: costs[n]["cost"])
-    return Decision(start, len(model_frames), allowed[best], costs, time.perf_counter() - t0, line.lam)
+    costs, tried = {}, {}
+
+    def measure(c: Candidate, bits=None, psnr=None):
+        if bits is None:
+            frames = (model_frames if c.background == "model" else area_frames)[:n]
+            bits, psnr = trial(frames, area, roi, crf, fps, preset, c.qoffset)
+        costs[c.name] = {"bits": bits, "roi_psnr": psnr, "cost": line.cost(bits, psnr),
+                         "bytes_vs_area_pct": line.bytes_vs_area_pct(bits, psnr)}
+        tried[c.name] = c
+
+    first = 0.0 if qoffset is None else qoffset
+    if first == 0.0:
+        measure(Candidate("area", 0.0), line.bits, line.psnr)
+    else:
+        measure(Candidate("area", first))
+    for b in backgrounds:
+        if b != "area":
+            measure(Candidate(b, first))
+    if qoffset is None:
+        background = tried[min(tried, key=lambda k: costs[k]["cost"])].background
+        for q in QOFFSETS:
+            if time.perf_counter() - t0 > budget_seconds:
+                break
+            measure(Candidate(background, q))
+    best = min(tried, key=lambda k: costs[k]["cost"])
+    return Decision(start, len(model_frames), tried[best], costs, time.perf_counter() - t0, line.slope)
 
 
 def plan(model_frames, area_frames, softs, crf, fps, preset, segment: int = 50, trial_frames: int = 12,
-         options=None, budget_seconds: float = float("inf")) -> list[Decision]:
+         qoffset=None, budget_seconds: float = float("inf")) -> list[Decision]:
     """Decisions for a whole clip held in memory (evaluation); inference decides as it streams."""
     return [decide(model_frames[i:i + segment], area_frames[i:i + segment], softs[i:i + segment], crf, fps,
-                   preset, i, trial_frames, options, budget_seconds)
+                   preset, i, trial_frames, qoffset, budget_seconds)
             for i in range(0, len(model_frames), segment)]
 
 

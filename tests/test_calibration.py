@@ -88,5 +88,5 @@ def test_clips_the_mask_memory_search_skipped_still_get_a_verdict(tmp_path, monk
     assert code == 0
     report = load_model(out)[1]["gate_calibration"]
     assert report["mask_memory_bias"] == -8.0
-    assert {c["clip"]: c["cost_vs_area_pct"] for c in report["clips"]} == {"a@0": -2.0, "b@0": 1.0}
+    assert {c["clip"]: c["bytes_vs_area_pct"] for c in report["clips"]} == {"a@0": -2.0, "b@0": 1.0}
     assert ("b@0", -8.0) in calls  # re-measured with the chosen memory

@@ -142,7 +142,8 @@ def test_roi_offsets_reach_video_mp4_and_the_report(tmp_path, strong_ckpt):
 def test_closed_loop_decisions_are_reported_and_floor_flag_moves_the_background(tmp_path, strong_ckpt):
     loop = run_inference(tmp_path, strong_ckpt, "loop", "--segment", "8", "--background_quality", "0")
     assert [d["start"] for d in loop["rd_control"]] == [0, 8] and loop["rd_control_seconds"] > 0
-    assert all(d["choice"] in {"model", "area", "model+roi_qp-0.2", "area+roi_qp-0.2"} for d in loop["rd_control"])
+    names = {f"{b}{q}" for b in ("model", "area") for q in ("", "+roi_qp-0.15", "+roi_qp-0.30")}
+    assert all(d["choice"] in names and d["choice"] in d["costs"] for d in loop["rd_control"])
     free = run_inference(tmp_path, strong_ckpt, "free", "--rd_control", "off", "--background_quality", "0")
     floored = run_inference(tmp_path, strong_ckpt, "floored", "--rd_control", "off")
     from video_io import read_image_rgb

@@ -80,3 +80,17 @@ def test_evaluate_refuses_crfs_it_cannot_use(capsys):
         code = evaluate.main(["--input", "nowhere.mp4", "--crfs", bad])
         err = capsys.readouterr().err.strip()
         assert code == 2 and err.count("\n") == 0 and "--crfs" in err, (bad, err)
+
+
+def test_summary_table_gives_per_clip_rows_and_the_median():
+    import evaluate
+
+    def method(bd, bg, f1):
+        return {"bd_rate_vs_area": bd, "rd": [{"crf": 23, "bg_psnr": bg, "det_f1": f1, "bytes": 1, "roi_psnr": 30}]}
+    clip = lambda a, b: {"roi_source": "yolo", "mask_iou_vs_gt": 0.5,
+                         "methods": {"model": method(a, 31.0, 0.9), "area": method(0.0, 33.0, 0.95),
+                                     "area+roi_qp": method(b, 33.5, 0.96)}}
+    table = evaluate.summary_table({"x": clip(-10.0, -5.0), "y": clip(-30.0, float("nan")), "z": clip(2.0, -1.0)})
+    rows = table.strip().splitlines()
+    assert len(rows) == 2 + 3 + 1 and "yolo (0.50)" in rows[2] and "n/a" in rows[3]
+    assert rows[-1].split("|")[3:5] == [" -10.0% ", " -3.0% "]  # medians: model of three, roi_qp of the two measured
