@@ -155,12 +155,21 @@ def plan(model_frames, area_frames, softs, crf, fps, preset, segment: int = 50, 
             for i in range(0, len(model_frames), segment)]
 
 
+def output_of(choice: Candidate, image, area, soft):
+    """(frame to encode, its ROI rectangles, its quantiser offset) for one frame under a choice."""
+    frame = image if choice.background == "model" else area
+    return frame, (roi_rectangles(soft >= 128) if choice.qoffset else []), choice.qoffset
+
+
 def apply(decisions, model_frames, area_frames, softs):
     """(frames, per-frame ROI rectangles, per-frame qoffsets) as the decisions say."""
-    frames, rects, qoffsets = [], [], []
-    for d in decisions:
-        for t in range(d.start, d.start + d.frames):
-            frames.append(model_frames[t] if d.choice.background == "model" else area_frames[t])
-            rects.append(roi_rectangles(softs[t] >= 128) if d.choice.qoffset else [])
-            qoffsets.append(d.choice.qoffset)
-    return frames, rects, qoffsets
+    per_frame = [output_of(d.choice, model_frames[t], area_frames[t], softs[t])
+                 for d in decisions for t in range(d.start, d.start + d.frames)]
+    return tuple(list(x) for x in zip(*per_frame))
+
+
+def estimated_saving(decisions) -> float | None:
+    """The chosen candidates' bytes against area's at equal ROI-PSNR, frame-weighted over the
+    segments, as the trials estimated them (None when the loop did not run)."""
+    known = [(d.frames, d.costs[d.choice.name]["bytes_vs_area_pct"]) for d in decisions if d.choice.name in d.costs]
+    return sum(n * v for n, v in known) / sum(n for n, _ in known) if known else None

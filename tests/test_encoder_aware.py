@@ -144,7 +144,10 @@ def test_closed_loop_decisions_are_reported_and_floor_flag_moves_the_background(
     assert [d["start"] for d in loop["rd_control"]] == [0, 8] and loop["rd_control_seconds"] > 0
     names = {f"{b}{q}" for b in ("model", "area") for q in ("", "+roi_qp-0.15", "+roi_qp-0.30")}
     assert all(d["choice"] in names and d["choice"] in d["costs"] for d in loop["rd_control"])
-    free = run_inference(tmp_path, strong_ckpt, "free", "--rd_control", "off", "--background_quality", "0")
+    chosen = [(d["frames"], d["costs"][d["choice"]]["bytes_vs_area_pct"]) for d in loop["rd_control"]]
+    assert loop["estimated_bytes_vs_area_at_equal_roi_psnr_pct"] == pytest.approx(
+        sum(n * v for n, v in chosen) / sum(n for n, _ in chosen))
+    run_inference(tmp_path, strong_ckpt, "free", "--rd_control", "off", "--background_quality", "0")
     floored = run_inference(tmp_path, strong_ckpt, "floored", "--rd_control", "off")
     from video_io import read_image_rgb
     frames, masks = noisy_static_scene(n=16)

@@ -2,7 +2,6 @@
 policies, each tried the way a user would break them."""
 import hashlib
 import json
-import pickle
 
 import numpy as np
 import pytest
