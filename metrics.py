@@ -117,12 +117,15 @@ def bd_rate(anchor_rate, anchor_psnr, test_rate, test_psnr, min_overlap_db: floa
     if not all(finite) or psnr_overlap(anchor_psnr, test_psnr) < min_overlap_db:
         return float("nan")
     import warnings
+    # in order of rate: a method whose choice changes with the CRF (the closed loop) can spend more
+    # bytes at CRF 23 than at 18, and the package refuses curves that are not monotonic in order
+    (ar, ap), (tr, tp) = (zip(*sorted(zip(r, q))) for r, q in ((anchor_rate, anchor_psnr), (test_rate, test_psnr)))
     try:
         with warnings.catch_warnings():  # its own overlap warning: our rule above decides
             warnings.simplefilter("ignore")
-            return float(bd.bd_rate(list(anchor_rate), list(anchor_psnr), list(test_rate), list(test_psnr),
-                                    method="akima", require_matching_points=False))
-    except ValueError:
+            return float(bd.bd_rate(list(ar), list(ap), list(tr), list(tp), method="akima",
+                                    require_matching_points=False))
+    except (ValueError, AssertionError):  # the package asserts that quality rises with the rate
         return float("nan")
 
 
@@ -130,6 +133,8 @@ def report_bd(value: float, anchor_psnr, test_psnr) -> str:
     """A BD-rate as text: '-12.3%', or 'n/a (no overlap: 30.1-35.2 vs 36.0-41.3 dB)'."""
     if np.isfinite(value):
         return f"{value:+.1f}%"
+    if psnr_overlap(anchor_psnr, test_psnr) >= 1.0:
+        return "n/a (quality does not rise with the rate)"
     return (f"n/a (no overlap: {min(anchor_psnr):.1f}-{max(anchor_psnr):.1f} vs "
             f"{min(test_psnr):.1f}-{max(test_psnr):.1f} dB)")
 

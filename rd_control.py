@@ -14,7 +14,8 @@ CRF+3, one extra trial. A candidate with a lower cost than area lies above area'
 converts to "bytes at equal ROI quality" (reported as ``bytes_vs_area_pct``). (An earlier version
 priced SSE linearly, which can never credit a large quality gain and so rejected ROI offsets
 that x264's own ROI mode shows to pay.) The search is greedy, to keep trials few: first the
-background at no offset (network vs area), then the offsets on the better background. Both
+background at no offset (network vs area), then the offsets on the better background; anything
+must beat area by MARGIN_PCT to be chosen. Both
 backgrounds already meet the background floor (the network applies it), so the floor needs no
 trial. The look-ahead is one segment; ``budget_seconds`` bounds the trial time per segment
 (area and the network's background are always tried; later offsets are skipped when it is spent).
@@ -32,6 +33,8 @@ from video_io import encode_h264_bytes, roi_rectangles
 QOFFSETS = (-0.15, -0.3)     # tried on the better background after "no offset" (x264: x 51 QP)
 BACKGROUNDS = ("model", "area")
 DEFAULT_SLOPE = 4.0          # dB per doubling of the bits, when area's own curve cannot be measured
+MARGIN_PCT = 2.0             # a candidate replaces plain area only if it saves more than this: x264's own
+#                              byte counts vary a little from run to run, and a near-tie is not worth a switch
 
 
 @dataclass
@@ -137,14 +140,20 @@ def decide(model_frames, area_frames, softs, crf: int, fps: float, preset: str, 
     for b in backgrounds:
         if b != "area":
             measure(Candidate(b, first))
+    anchor = next(iter(tried))  # area at the first offset
+
+    def cheapest() -> str:
+        best = min(tried, key=lambda k: costs[k]["cost"])
+        pays = costs[best]["bytes_vs_area_pct"] < costs[anchor]["bytes_vs_area_pct"] - MARGIN_PCT
+        return best if pays else anchor
+
     if qoffset is None:
-        background = tried[min(tried, key=lambda k: costs[k]["cost"])].background
+        background = tried[cheapest()].background
         for q in QOFFSETS:
             if time.perf_counter() - t0 > budget_seconds:
                 break
             measure(Candidate(background, q))
-    best = min(tried, key=lambda k: costs[k]["cost"])
-    return Decision(start, len(model_frames), tried[best], costs, time.perf_counter() - t0, line.slope)
+    return Decision(start, len(model_frames), tried[cheapest()], costs, time.perf_counter() - t0, line.slope)
 
 
 def plan(model_frames, area_frames, softs, crf, fps, preset, segment: int = 50, trial_frames: int = 12,

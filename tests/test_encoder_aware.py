@@ -154,3 +154,24 @@ def test_closed_loop_decisions_are_reported_and_floor_flag_moves_the_background(
     psnr = [background_psnr([read_image_rgb(tmp_path / n / "frames" / f"{i:05d}.png") for i in range(16)],
                             frames, masks) for n in ("free", "floored")]
     assert psnr[1] > psnr[0] + 3 and floored["background_quality"] == 35.0
+
+
+def test_floor_holds_in_every_block_so_a_missed_object_is_not_erased():
+    """A textured object the detector missed is background to the network. With a frame-wide
+    floor a strongly simplifying network could blur it away while the flat rest of the frame keeps
+    the average PSNR up; the floor holds in every 8x8 output block, so the object keeps it."""
+    h, w = 128, 192
+    rng = np.random.default_rng(0)
+    flat = np.full((h, w, 3), 120, np.uint8)
+    flat[48:80, 64:96] = rng.integers(0, 255, (32, 32, 3))  # the missed, textured object (output 24:40, 32:48)
+    frames = [np.clip(flat + rng.normal(0, 1, flat.shape), 0, 255).astype(np.uint8) for _ in range(6)]
+    masks = [np.zeros((h, w), np.uint8) for _ in frames]  # the detector found nothing
+    model = simplifying_model()
+    area = np.stack(metrics.resize_all(frames, 2)).astype(float)
+
+    def worst_block_psnr(floor):
+        model.set_background_floor(floor)
+        out = np.stack(engine.downsample(model, frames, masks)).astype(float)
+        return min(10 * np.log10(255 ** 2 / ((out[:, y:y + 8, x:x + 8] - area[:, y:y + 8, x:x + 8]) ** 2).mean())
+                   for y in range(24, 40, 8) for x in range(32, 48, 8))
+    assert worst_block_psnr(0.0) < 25 and worst_block_psnr(35.0) >= 34.5

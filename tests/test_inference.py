@@ -76,11 +76,13 @@ def test_folder_of_sequences_gets_one_subfolder_each(tmp_path, ckpt):
 
 
 def test_streaming_output_does_not_depend_on_batch_size(tmp_path, frame_folder, ckpt):
+    """The network streams exactly, whatever the batch. (Without the closed loop: its trial encodes
+    inherit x264's rare run-to-run byte differences, which can flip a near-tie.)"""
     outs = []
     for bs in (1, 100):
         out = tmp_path / f"out{bs}"
         run(["--input_dir", frame_folder, *common(ckpt, out, ["--masks_dir", tmp_path / "clip_masks",
-                                                              "--batch_size", bs])])
+                                                              "--batch_size", bs, "--rd_control", "off"])])
         outs.append([read_image_rgb(p) for p in sorted((out / "frames").iterdir())])
     assert all(np.array_equal(a, b) for a, b in zip(*outs))
 

@@ -39,6 +39,13 @@ def test_bd_rate_is_na_without_overlap_and_measured_with_it():
     half = metrics.bd_rate(rate, low, [r / 2 for r in rate], low)  # same quality at half the bytes
     assert math.isclose(half, -50.0, abs_tol=0.5)
     assert math.isnan(metrics.bd_rate(rate, low, rate, [35.5, 37, 39, 41]))  # 0.5 dB shared: n/a
+    # points out of rate order (a choice that changes with the CRF) measure as the sorted curve
+    shuffled = [2, 0, 3, 1]
+    assert math.isclose(metrics.bd_rate(rate, low, [rate[i] / 2 for i in shuffled], [low[i] for i in shuffled]),
+                        half)
+    falling = [36, 34, 32, 30]  # quality that drops as the rate rises: no number, and no false "no overlap"
+    assert math.isnan(metrics.bd_rate(rate, low, rate, falling))
+    assert metrics.report_bd(float("nan"), low, falling) == "n/a (quality does not rise with the rate)"
 
 
 def test_bytes_at_quality_interpolates_and_says_when_it_cannot():

@@ -121,3 +121,4 @@ def test_display_rotation_of_a_video_is_applied_with_a_note(tmp_path, capsys):
     assert back[0].shape == (64, 48, 3) and (r.info.width, r.info.height) == (48, 64)
     assert back[0][:16, -8:].mean() > 200 and back[0][-16:, :8].mean() < 50  # top-left turned to top-right
     assert "rotation" in capsys.readouterr().err
+
