@@ -256,13 +256,15 @@ SUMMARY_METHODS = ("model", "network", "area+roi_qp", "blur_heuristic", "area")
 def summary_table(results: dict) -> str:
     """One row per clip: BD-rate vs area, background PSNR and detection F1 at CRF 23 of the methods
     that matter most (the model as video.mp4 holds it, the network alone, the practitioners' ROI
-    baseline, the blur heuristic, area), and the medians over clips of the BD-rates."""
+    baseline, the blur heuristic, area), and per mode the median over the clips with a BD-rate
+    (how many in brackets)."""
     methods = [m for m in SUMMARY_METHODS if any(m in r["methods"] for r in results.values())]
     head = ["clip", "masks in (IoU)"] + [f"{m} BD" for m in methods if m != "area"] + \
            [f"bg-PSNR@23 {m}" for m in methods] + [f"F1@23 {m}" for m in methods]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    bds = {m: [] for m in methods}
+    bds = {}  # (mode, method) -> BD-rates
     for name, res in results.items():
+        mode = name[name.index("[") + 1:name.index("]")] if "[" in name else "all"
         iou = f" ({res['mask_iou_vs_gt']:.2f})" if "mask_iou_vs_gt" in res else ""
         row = [name, f"{res['roi_source']}{iou}"]
         for m in methods:
@@ -270,16 +272,21 @@ def summary_table(results: dict) -> str:
                 continue
             r = res["methods"].get(m)
             v = r.get("bd_rate_vs_area", float("nan")) if r else float("nan")
-            bds[m].append(v)
+            bds.setdefault((mode, m), []).append(v)
             row.append("-" if r is None else ("n/a" if not np.isfinite(v) else f"{v:+.1f}%"))
         for key, fmt in (("bg_psnr", "{:.1f}"), ("det_f1", "{:.2f}")):
             for m in methods:
                 p = point_at(res["methods"][m]["rd"], 23) if m in res["methods"] else {}
                 row.append(fmt.format(p[key]) if key in p else "-")
         lines.append("| " + " | ".join(row) + " |")
-    med = ["**median**", ""] + [f"{np.median([v for v in bds[m] if np.isfinite(v)]):+.1f}%"
-                                if any(np.isfinite(v) for v in bds[m]) else "n/a" for m in methods if m != "area"]
-    lines.append("| " + " | ".join(med + [""] * (len(head) - len(med))) + " |")
+    for mode in dict.fromkeys(k[0] for k in bds):  # a median per mode: end to end and oracle are not mixed
+        cells = []
+        for m in methods:
+            if m != "area":
+                v = [x for x in bds[(mode, m)] if np.isfinite(x)]
+                cells.append(f"{np.median(v):+.1f}% ({len(v)})" if v else "n/a")
+        label = "**median**" if mode == "all" else f"**median, {mode}**"
+        lines.append("| " + " | ".join([label, ""] + cells + [""] * (len(head) - 2 - len(cells))) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -97,7 +97,10 @@ def test_summary_table_gives_per_clip_rows_and_the_median():
     clip = lambda a, b: {"roi_source": "yolo", "mask_iou_vs_gt": 0.5,
                          "methods": {"model": method(a, 31.0, 0.9), "area": method(0.0, 33.0, 0.95),
                                      "area+roi_qp": method(b, 33.5, 0.96)}}
-    table = evaluate.summary_table({"x": clip(-10.0, -5.0), "y": clip(-30.0, float("nan")), "z": clip(2.0, -1.0)})
+    table = evaluate.summary_table({"x [end_to_end]": clip(-10.0, -5.0), "y [end_to_end]": clip(-30.0, float("nan")),
+                                    "z [end_to_end]": clip(2.0, -1.0), "x [oracle]": clip(-50.0, -40.0)})
     rows = table.strip().splitlines()
-    assert len(rows) == 2 + 3 + 1 and "yolo (0.50)" in rows[2] and "n/a" in rows[3]
-    assert rows[-1].split("|")[3:5] == [" -10.0% ", " -3.0% "]  # medians: model of three, roi_qp of the two measured
+    assert len(rows) == 2 + 4 + 2 and "yolo (0.50)" in rows[2] and "n/a" in rows[3]
+    # medians per mode: model of three, roi_qp of the two measured; the oracle row is not mixed in
+    assert rows[-2].startswith("| **median, end_to_end**") and rows[-2].split("|")[3:5] == [" -10.0% (3) ", " -3.0% (2) "]
+    assert rows[-1].startswith("| **median, oracle**") and rows[-1].split("|")[3:5] == [" -50.0% (1) ", " -40.0% (1) "]
