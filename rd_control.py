@@ -98,8 +98,9 @@ def trial(frames, area_frames, roi, crf: int, fps: float, preset: str, qoffset: 
     rects = [roi_rectangles(r[..., 0]) for r in roi] if qoffset else None
     size, decoded = encode_h264_bytes(frames, fps, crf, preset, rois=rects, qoffset=qoffset)
     weight = roi if roi.any() else np.ones_like(roi)
-    err = (np.stack(decoded).astype(np.float64) - np.stack(area_frames)) ** 2
-    mse = float((err * weight).sum() / (3 * weight.sum()))
+    sse = sum(float((((d.astype(np.float64) - a) ** 2) * w).sum())  # a frame at a time: no clip-sized copies
+              for d, a, w in zip(decoded, area_frames, weight))
+    mse = sse / (3 * float(weight.sum()))
     return 8 * size, 10 * np.log10(255.0 ** 2 / max(mse, 1e-10))
 
 
