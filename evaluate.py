@@ -173,7 +173,7 @@ def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=
     ref_dets = [detector(frames[t]) for t in range(0, len(frames), det_every)] if detector else None
     common = dict(detector=detector, ref_dets=ref_dets, size=size, det_every=det_every)
     results = {}
-    rd = rd or {"on": True, "segment": 50, "trial_frames": 12}
+    rd = rd or {"on": True, "segment": rd_control.SEGMENT, "trial_frames": rd_control.TRIAL_FRAMES}
     for method in methods:
         if method == "model":
             rd_points, chosen, seconds = model_points(frames, masks, s, model, crfs, fps, preset, ref, roi, rd,
@@ -379,8 +379,9 @@ def build_parser():
     p.add_argument("--rd_control", default="on", choices=["on", "off"],
                    help="as in inference.py: per-segment trial encodes choose background and ROI offset")
     p.add_argument("--roi_qoffset", default="auto", help="as in inference.py: auto, or a fixed offset in -1..0")
-    p.add_argument("--segment", type=int, default=50, help="frames per closed-loop decision")
-    p.add_argument("--trial_frames", type=int, default=12, help="frames of each segment trial-encoded")
+    p.add_argument("--segment", type=int, default=rd_control.SEGMENT, help="frames per closed-loop decision")
+    p.add_argument("--trial_frames", type=int, default=rd_control.TRIAL_FRAMES,
+                   help="frames of each segment trial-encoded")
     p.add_argument("--crfs", default=",".join(map(str, DEFAULT_CRFS)))
     p.add_argument("--preset", default="medium", help="x264 preset used for the measurement")
     p.add_argument("--max_frames", type=int, default=48)
@@ -429,6 +430,7 @@ def run(args) -> int:
             raise UserError(f"--background_strength must be in [0, 1], got {args.background_strength}")
         model.set_background_strength(args.background_strength)
         model.set_background_floor(args.background_quality)
+    rd_control.check_segment(args.segment, args.trial_frames)
     rd = {"on": args.rd_control == "on", "segment": args.segment, "trial_frames": args.trial_frames,
           "qoffset": rd_control.parse_qoffset(args.roi_qoffset)}
     detector = load_detector(args.detector_path)

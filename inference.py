@@ -32,6 +32,7 @@ import checkpoint
 import engine
 from errors import UserError, run_cli, warn
 import rd_control
+from rd_control import SEGMENT as RD_SEGMENT, TRIAL_FRAMES as RD_TRIAL_FRAMES
 from roi_downsampler import DEFAULT_BACKGROUND_QUALITY, DownsamplerConfig, ROIDownsampler
 from roi_sources import RoiOptions, add_roi_args, make_roi_source, roi_options
 from video_io import (FrameReader, H264Writer, ResultFolder, atomic_write_bytes, crop_to_multiple, frame_name,
@@ -55,8 +56,8 @@ class InferenceConfig:
     preset: str = "veryfast"
     roi_qoffset: Optional[float] = None   # None: auto (the closed loop chooses)
     rd_control: bool = True
-    segment: int = 50
-    trial_frames: int = 12
+    segment: int = RD_SEGMENT   # (the field rd_control above shadows the module in this class body)
+    trial_frames: int = RD_TRIAL_FRAMES
     rd_budget: float = 5.0  # seconds of trial encodes per segment, at most (a safety net: when it bites,
     #                         the choice depends on the machine's speed)
     compare_area: bool = True
@@ -138,8 +139,7 @@ def check_config(cfg: InferenceConfig) -> None:
         raise UserError(f"--background_quality must be 0 (off) or 10..100 dB, got {cfg.background_quality}")
     if not cfg.rd_budget > 0:
         raise UserError(f"--rd_budget must be > 0 seconds, got {cfg.rd_budget}")
-    if cfg.segment < 1 or cfg.trial_frames < 1:
-        raise UserError(f"--segment and --trial_frames must be >= 1, got {cfg.segment}, {cfg.trial_frames}")
+    rd_control.check_segment(cfg.segment, cfg.trial_frames)
     presets = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
     if cfg.preset not in presets:
         raise UserError(f"--preset {cfg.preset}: choose one of {', '.join(presets)}")

@@ -31,7 +31,8 @@ from errors import UserError
 from video_io import encode_h264_bytes, roi_rectangles
 
 QOFFSETS = (-0.15, -0.3)     # tried on the better background after "no offset" (x264: x 51 QP)
-BACKGROUNDS = ("model", "area")
+SEGMENT = 50                 # frames per decision (2 s at 25 fps: the look-ahead)
+TRIAL_FRAMES = 12            # frames of each segment trial-encoded per candidate
 DEFAULT_SLOPE = 4.0          # dB per doubling of the bits, when area's own curve cannot be measured
 MARGIN_PCT = 2.0             # a candidate replaces plain area only if it saves more than this: x264's own
 #                              byte counts vary a little from run to run, and a near-tie is not worth a switch
@@ -113,9 +114,14 @@ def area_line(area_frames, roi, crf: int, fps: float, preset: str) -> AreaLine:
     return AreaLine(bits, psnr, float(slope))
 
 
+def check_segment(segment: int, trial_frames: int) -> None:
+    """--segment and --trial_frames, as every CLI that runs the loop checks them."""
+    if segment < 1 or trial_frames < 1:
+        raise UserError(f"--segment and --trial_frames must be >= 1, got {segment}, {trial_frames}")
+
+
 def decide(model_frames, area_frames, softs, crf: int, fps: float, preset: str, start: int = 0,
-           trial_frames: int = 12, qoffset=None, budget_seconds: float = float("inf"),
-           backgrounds=BACKGROUNDS) -> Decision:
+           trial_frames: int = TRIAL_FRAMES, qoffset=None, budget_seconds: float = float("inf")) -> Decision:
     """Trial-encode the start of one segment; return the cheapest candidate. ``qoffset``: None
     searches QOFFSETS; a number fixes the offset (--roi_qoffset), the backgrounds are still tried."""
     t0 = time.perf_counter()
@@ -138,9 +144,7 @@ def decide(model_frames, area_frames, softs, crf: int, fps: float, preset: str, 
         measure(Candidate("area", 0.0), line.bits, line.psnr)
     else:
         measure(Candidate("area", first))
-    for b in backgrounds:
-        if b != "area":
-            measure(Candidate(b, first))
+    measure(Candidate("model", first))
     anchor = next(iter(tried))  # area at the first offset
 
     def cheapest() -> str:
@@ -157,7 +161,7 @@ def decide(model_frames, area_frames, softs, crf: int, fps: float, preset: str, 
     return Decision(start, len(model_frames), tried[cheapest()], costs, time.perf_counter() - t0, line.slope)
 
 
-def plan(model_frames, area_frames, softs, crf, fps, preset, segment: int = 50, trial_frames: int = 12,
+def plan(model_frames, area_frames, softs, crf, fps, preset, segment: int = SEGMENT, trial_frames: int = TRIAL_FRAMES,
          qoffset=None, budget_seconds: float = float("inf")) -> list[Decision]:
     """Decisions for a whole clip held in memory (evaluation); inference decides as it streams."""
     return [decide(model_frames[i:i + segment], area_frames[i:i + segment], softs[i:i + segment], crf, fps,

@@ -87,6 +87,9 @@ def test_evaluate_refuses_crfs_it_cannot_use(capsys):
         code = evaluate.main(["--input", "nowhere.mp4", "--crfs", bad])
         err = capsys.readouterr().err.strip()
         assert code == 2 and err.count("\n") == 0 and "--crfs" in err, (bad, err)
+    code = evaluate.main(["--input", "nowhere.mp4", "--methods", "area", "--segment", "0"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "--segment" in err, err
 
 
 def test_summary_table_gives_per_clip_rows_and_the_median():
