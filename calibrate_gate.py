@@ -6,9 +6,9 @@ downscaling per segment and keeps the cheaper one, so the gate does not decide t
 statistics (ROI area, motion, texture, ROI jump) -- has to guess. This step fits it to the loop's
 own verdict on the checkpoint's training sequences, as training saw them: real footage with the
 detector's masks (the same split and mask cache; the validation sequences are never used). Each
-clip window is run with the gate open, encoded with x264 (preset medium, CRF 23 and 33) beside
-area downscaling, and costed as the loop costs it (bytes at equal ROI-PSNR, read off area's own
-curve). The same trials choose, also by x264, how long the soft mask outlives an
+clip window is run with the gate open and put through the closed loop's own trials (the
+product's preset, CRF 23 and 33): the verdict is the bytes of the network's background against
+area's, each at its cheapest candidate that keeps the asked qualities. The same trials choose, also by x264, how long the soft mask outlives an
 object (the temporal mask gate's bias). `bash train.sh` runs this after training.
 
     python calibrate_gate.py --checkpoint_path models/roi_downsampler_x2.pth   # rewritten in place
@@ -34,7 +34,6 @@ from roi_sources import read_mask_file
 from video_io import crop_to_multiple, read_image_rgb
 
 CRFS = (23, 33)
-PRESET = "medium"  # the evaluation's (and the baselines') preset
 # A half-open gate costs more than either extreme (measured with --background_strength 0.5: worse
 # than 0 and than 1 on three of four evaluation clips), so the fitted logistic is made 8x steeper.
 SHARPNESS = 8.0
@@ -47,14 +46,6 @@ class CalibrationClip:
     name: str
     frames: list[np.ndarray]
     masks: list[np.ndarray]  # float 0/1, full resolution: what the network sees
-
-
-@dataclass
-class AreaReference:
-    """Area downscaling of a clip, and its cost line at every calibration CRF (computed once)."""
-    frames: list[np.ndarray]
-    roi: np.ndarray  # (T,h,w,1) bool
-    lines: dict      # crf -> rd_control.AreaLine
 
 
 def training_sequences(train_args: dict, run_dir: Path):
@@ -102,26 +93,21 @@ def run_with_gate(model, clip: CalibrationClip, gate: float | None):
         model.analyzer.gate.weight.copy_(saved[1])
 
 
-def area_reference(clip: CalibrationClip, s: int) -> AreaReference | None:
-    """Area downscaling, the ROI the costs are measured in (the input masks at output resolution,
-    as the loop measures in the ROI it is given) and area's cost lines; None when the clip has no
-    ROI (nothing to decide)."""
-    roi = metrics.roi_at_output(clip.masks, s)[..., :1]
-    if not roi.any():
+def area_reference(clip: CalibrationClip, s: int) -> list[np.ndarray] | None:
+    """Area downscaling of the clip; None when it has no ROI (nothing to decide)."""
+    if not any(m.any() for m in clip.masks):
         return None
-    area = metrics.resize_all(clip.frames, s)
-    return AreaReference(area, roi, {crf: rd_control.area_line(area, roi, crf, 25.0, PRESET) for crf in CRFS})
+    return metrics.resize_all(clip.frames, s)
 
 
-def verdict(model, clip: CalibrationClip, ref: AreaReference | None) -> float:
-    """The open gate's bytes against area's at equal ROI-PSNR, in percent, as the closed loop
-    reads them off area's curve, averaged over CRFS (negative: the loop would keep the network's
-    background)."""
-    if ref is None:
+def verdict(model, clip: CalibrationClip, area: list[np.ndarray] | None) -> float:
+    """The open gate's bytes against area's, in percent, as the closed loop's trials measure them
+    at CRFS (negative: the loop would keep the network's background)."""
+    if area is None:
         return 0.0
-    out = run_with_gate(model, clip, 1.0)[0]
-    return float(np.mean([line.bytes_vs_area_pct(*rd_control.trial(out, ref.frames, ref.roi, crf, 25.0, PRESET))
-                          for crf, line in ref.lines.items()]))
+    out, softs, _ = run_with_gate(model, clip, 1.0)
+    return float(np.mean([rd_control.model_vs_area_pct(
+        rd_control.decide(out, area, softs, rd_control.EncoderOptions(crf=crf), 25.0)) for crf in CRFS]))
 
 
 @torch.no_grad()
@@ -220,7 +206,8 @@ def run(args) -> int:
     agree = sum((r["gate"] > 0.5) == (r["bytes_vs_area_pct"] < 0) for r in rows)
     print(f"gate agrees with the closed loop on {agree}/{len(rows)} calibration clips")
     extra = {k: v for k, v in ckpt.items() if k not in checkpoint.FORMAT_KEYS}
-    extra["gate_calibration"] = {"clips": rows, "agreement": agree / len(rows), "crfs": list(CRFS), "preset": PRESET,
+    extra["gate_calibration"] = {"clips": rows, "agreement": agree / len(rows), "crfs": list(CRFS),
+                                 "preset": rd_control.EncoderOptions().preset,
                                  "mask_memory_bias": memory, "mask_memory_scores": memory_scores}
     out = args.output_path or args.checkpoint_path
     checkpoint.save(out, model, **extra)

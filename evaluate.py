@@ -8,7 +8,7 @@ What a method sees is not what the score uses. The methods get the ROI masks of 
 the score uses --gt_masks (human annotations). Without --gt_masks the methods' own masks are
 the score ("oracle" mode, which hides the detector's misses) and the report says so.
 
-Every output is encoded with libx264 (preset medium, one thread) at each CRF and decoded; then:
+Every output is encoded with libx264 (the product's preset, one thread) at each CRF and decoded; then:
 bytes (H.264 payload); ROI-PSNR / ROI-SSIM inside the ground truth and background PSNR / SSIM
 outside it, against the area-downscaled reference; detection F1 -- a COCO detector on the decoded
 output upscaled back to the input size, matched against its detections on the original frames
@@ -23,6 +23,7 @@ reports), bicubic, lanczos, blur_heuristic. The clip is held in memory: short cl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import sys
@@ -40,6 +41,7 @@ import metrics
 import rd_control
 from errors import UserError, run_cli, warn
 from roi_downsampler import DEFAULT_BACKGROUND_QUALITY
+from rd_control import add_encoder_args, encoder_options
 from roi_sources import RoiOptions, add_roi_args, load_yolo, make_roi_source, roi_options
 from video_io import FrameReader, atomic_write_bytes, crop_to_multiple, roi_rectangles
 
@@ -118,10 +120,10 @@ def detection_counts(detector, decoded, reference_dets, size, every: int):
 # ----------------------------------------------------------------------------- evaluation
 
 
-def measure_point(out, ref, roi, crf, fps, preset, rois=None, qoffset=0.0, detector=None, ref_dets=None,
+def measure_point(out, ref, roi, crf, fps, preset, regions=None, detector=None, ref_dets=None,
                   size=None, det_every=4) -> dict:
     """One output at one CRF: bytes, quality inside / outside the scored ROI, detection F1."""
-    size_bytes, decoded = metrics.encode_h264_bytes(out, fps, crf, preset, rois=rois, qoffset=qoffset)
+    size_bytes, decoded = metrics.encode_h264_bytes(out, fps, crf, preset, regions=regions)
     d = np.stack(decoded)
     point = {"crf": crf, "bytes": size_bytes, "roi_psnr": metrics.masked_psnr(d, ref, roi),
              "roi_ssim": metrics.masked_ssim(d, ref, roi[..., 0]), "bg_psnr": metrics.masked_psnr(d, ref, ~roi),
@@ -132,11 +134,16 @@ def measure_point(out, ref, roi, crf, fps, preset, rois=None, qoffset=0.0, detec
     return point
 
 
-def model_points(frames, masks, s, model, crfs, fps, preset, ref, roi, rd: dict, name, **common):
+def at_crf(enc: rd_control.EncoderOptions, crf: int) -> rd_control.EncoderOptions:
+    """The encoder options at another --crf, the background the same number of steps coarser."""
+    return dataclasses.replace(enc, crf=crf, background_crf=min(51, crf + enc.max_delta))
+
+
+def model_points(frames, masks, s, model, crfs, fps, ref, roi, enc: rd_control.EncoderOptions, name, **common):
     """The model as inference writes video.mp4: network output, then per segment the closed loop's
-    choice of background and ROI offset at each CRF (``rd``: segment, trial_frames, on)."""
+    choice of background and background CRF at each CRF."""
     t = time.perf_counter()
-    model.follow_gate = not rd["on"]  # with the loop on, x264 decides, not the gate (as in inference)
+    model.follow_gate = not enc.rd_control  # with the loop on, x264 decides, not the gate (as in inference)
     try:
         images, softs = engine.downsample(model, frames, masks, with_masks=True)
     finally:
@@ -145,13 +152,9 @@ def model_points(frames, masks, s, model, crfs, fps, preset, ref, roi, rd: dict,
     area = metrics.resize_all(frames, s)
     points, chosen = [], {}
     for crf in tqdm(crfs, desc=f"{name}: model (closed loop)", unit="crf", leave=False):
-        if rd["on"]:
-            decisions = rd_control.plan(images, area, softs, crf, fps, preset, rd["segment"], rd["trial_frames"],
-                                        rd.get("qoffset"))
-        else:  # the network's output as it is, as inference writes it with --rd_control off
-            decisions = [rd_control.Decision(0, len(images), rd_control.Candidate("model", rd.get("qoffset") or 0.0))]
-        out, rects, qs = rd_control.apply(decisions, images, area, softs)
-        p = measure_point(out, ref, roi, crf, fps, preset, rects, qs, **common)
+        decisions = rd_control.plan(images, area, softs, at_crf(enc, crf), fps)
+        out, regions = rd_control.apply(decisions, images, area, softs)
+        p = measure_point(out, ref, roi, crf, fps, enc.preset, regions, **common)
         p["choices"] = [d.choice.name for d in decisions]
         p["trial_seconds"] = sum(d.seconds for d in decisions)
         points.append(p)
@@ -159,8 +162,8 @@ def model_points(frames, masks, s, model, crfs, fps, preset, ref, roi, rd: dict,
     return points, chosen, seconds
 
 
-def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=None, preset="medium", name="clip",
-                  gt_masks=None, detector=None, det_every: int = 4, rd=None):
+def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=None, name="clip",
+                  gt_masks=None, detector=None, det_every: int = 4, enc=None):
     """All metrics for every method on one clip. frames: RGB uint8; masks: what the methods see
     (uint8 0/1); gt_masks: what the score uses (None: the methods' masks, oracle mode)."""
     scored = gt_masks if gt_masks is not None else masks
@@ -173,10 +176,11 @@ def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=
     ref_dets = [detector(frames[t]) for t in range(0, len(frames), det_every)] if detector else None
     common = dict(detector=detector, ref_dets=ref_dets, size=size, det_every=det_every)
     results = {}
-    rd = rd or {"on": True, "segment": rd_control.SEGMENT, "trial_frames": rd_control.TRIAL_FRAMES}
+    enc = enc or rd_control.EncoderOptions()
+    preset = enc.preset
     for method in methods:
         if method == "model":
-            rd_points, chosen, seconds = model_points(frames, masks, s, model, crfs, fps, preset, ref, roi, rd,
+            rd_points, chosen, seconds = model_points(frames, masks, s, model, crfs, fps, ref, roi, enc,
                                                       name, **common)
             out = chosen[23] if 23 in chosen else chosen[crfs[len(crfs) // 2]]
         else:
@@ -191,7 +195,8 @@ def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=
             rois = encoder_rois(masks, s)
             variants = {}
             for q in ROI_QOFFSETS:
-                variants[q] = [measure_point(out, ref, roi, crf, fps, preset, rois, q, **common)
+                regions = [[(r, q) for r in rects] for rects in rois]
+                variants[q] = [measure_point(out, ref, roi, crf, fps, preset, regions, **common)
                                for crf in tqdm(crfs, desc=f"{name}: {method} {q}", unit="crf", leave=False)]
             area = results.get("area") or {"rd": [measure_point(metrics.resize_all(frames, s), ref, roi, c, fps,
                                                                 preset) for c in crfs]}
@@ -376,14 +381,8 @@ def build_parser():
                    help="as in inference.py: scale the model's background simplification and hold (0-1)")
     p.add_argument("--background_quality", type=float, default=DEFAULT_BACKGROUND_QUALITY,
                    help="as in inference.py: background PSNR floor against area (dB, before encoding); 0 = off")
-    p.add_argument("--rd_control", default="on", choices=["on", "off"],
-                   help="as in inference.py: per-segment trial encodes choose background and ROI offset")
-    p.add_argument("--roi_qoffset", default="auto", help="as in inference.py: auto, or a fixed offset in -1..0")
-    p.add_argument("--segment", type=int, default=rd_control.SEGMENT, help="frames per closed-loop decision")
-    p.add_argument("--trial_frames", type=int, default=rd_control.TRIAL_FRAMES,
-                   help="frames of each segment trial-encoded")
+    add_encoder_args(p)  # as in inference.py; at each of --crfs the background stays as many steps coarser
     p.add_argument("--crfs", default=",".join(map(str, DEFAULT_CRFS)))
-    p.add_argument("--preset", default="medium", help="x264 preset used for the measurement")
     p.add_argument("--max_frames", type=int, default=48)
     p.add_argument("--modes", default="end_to_end,oracle", help="with --suite: end_to_end, oracle or both")
     p.add_argument("--clips", default="", help="with --suite: comma-separated subset of its clips (default: all)")
@@ -430,9 +429,7 @@ def run(args) -> int:
             raise UserError(f"--background_strength must be in [0, 1], got {args.background_strength}")
         model.set_background_strength(args.background_strength)
         model.set_background_floor(args.background_quality)
-    rd_control.check_segment(args.segment, args.trial_frames)
-    rd = {"on": args.rd_control == "on", "segment": args.segment, "trial_frames": args.trial_frames,
-          "qoffset": rd_control.parse_qoffset(args.roi_qoffset)}
+    enc = encoder_options(args)
     detector = load_detector(args.detector_path)
     opts = roi_options(args)
     notes = []
@@ -467,8 +464,8 @@ def run(args) -> int:
                 masks, used = clip_masks(frames, names, o)
             else:
                 masks, used = clip_masks(frames, names, opts)
-            res = evaluate_clip(frames, masks, methods, args.scale_factor, crfs, fps, model, args.preset, name,
-                                gt_masks=gt, detector=detector, det_every=args.det_every, rd=rd)
+            res = evaluate_clip(frames, masks, methods, args.scale_factor, crfs, fps, model, name,
+                                gt_masks=gt, detector=detector, det_every=args.det_every, enc=enc)
             if gt is not None and mode != "oracle":
                 res["mask_iou_vs_gt"] = metrics.mask_iou(masks, gt)
             res.update(roi_source=used, mode=mode if mode != "given" else ("scored on --gt_masks" if gt else "oracle"),
@@ -479,7 +476,7 @@ def run(args) -> int:
             print(tables[-1])
     if not results:
         raise UserError("nothing to evaluate (oracle mode needs ground-truth masks)")
-    meta = {"notes": notes, "crfs": crfs, "preset": args.preset, "scale_factor": args.scale_factor,
+    meta = {"notes": notes, "crfs": crfs, "encoder": dataclasses.asdict(enc), "scale_factor": args.scale_factor,
             "detector": getattr(detector, "imgsz", None) and (args.detector_path or str(SHARED_DET))}
     atomic_write_bytes(out_dir / "results.json", json.dumps({"meta": meta, "clips": results}, indent=2).encode())
     summary = summary_table(results)

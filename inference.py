@@ -32,7 +32,7 @@ import checkpoint
 import engine
 from errors import UserError, run_cli, warn
 import rd_control
-from rd_control import SEGMENT as RD_SEGMENT, TRIAL_FRAMES as RD_TRIAL_FRAMES
+from rd_control import EncoderOptions, add_encoder_args, encoder_options
 from roi_downsampler import DEFAULT_BACKGROUND_QUALITY, DownsamplerConfig, ROIDownsampler
 from roi_sources import RoiOptions, add_roi_args, make_roi_source, roi_options
 from video_io import (FrameReader, H264Writer, ResultFolder, atomic_write_bytes, crop_to_multiple, frame_name,
@@ -52,14 +52,7 @@ class InferenceConfig:
     roi: RoiOptions = field(default_factory=RoiOptions)
     background_strength: float = 1.0
     background_quality: float = DEFAULT_BACKGROUND_QUALITY
-    crf: int = 23
-    preset: str = "veryfast"
-    roi_qoffset: Optional[float] = None   # None: auto (the closed loop chooses)
-    rd_control: bool = True
-    segment: int = RD_SEGMENT   # (the field rd_control above shadows the module in this class body)
-    trial_frames: int = RD_TRIAL_FRAMES
-    rd_budget: float = 5.0  # seconds of trial encodes per segment, at most (a safety net: when it bites,
-    #                         the choice depends on the machine's speed)
+    enc: EncoderOptions = field(default_factory=EncoderOptions)
     compare_area: bool = True
     device: str = "auto"
     batch_size: int = 8
@@ -86,23 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background_quality", type=float, default=d.background_quality,
                    help="background PSNR floor against area downscaling, dB before encoding (keeps parked cars "
                         "and signs recognisable); 0 = off, for maximum savings")
-    p.add_argument("--crf", type=int, default=d.crf, help="x264 CRF of video.mp4 (0-51, lower = better)")
-    p.add_argument("--preset", default=d.preset, help="x264 preset of video.mp4 (ultrafast ... veryslow)")
-    p.add_argument("--roi_qoffset", default="auto",
-                   help="x264 ROI quantiser offset on the objects' macroblocks in video.mp4 (x 51 QP): auto (the closed "
-                        "loop chooses 0, -0.15 or -0.3 per segment) or a number in -1..1 (negative = more bits "
-                        "on objects)")
-    p.add_argument("--rd_control", default="on", choices=["on", "off"],
-                   help="on: per segment, trial-encode the candidates (network/area background x ROI offset) "
-                        "and keep the cheapest; off: the network's output with --roi_qoffset (auto = 0)")
-    p.add_argument("--segment", type=int, default=d.segment, help="frames per closed-loop decision (look-ahead)")
-    p.add_argument("--trial_frames", type=int, default=d.trial_frames,
-                   help="frames at the start of each segment that the closed loop trial-encodes")
-    p.add_argument("--rd_budget", type=float, default=d.rd_budget,
-                   help="seconds of trial encodes per segment: candidates not tried by then are skipped "
-                        "(area and the network's background are always tried)")
+    add_encoder_args(p)
     p.add_argument("--no_compare_area", dest="compare_area", action="store_false",
-                   help="skip the extra encode of plain area downscaling that report.json compares against")
+                   help="skip the second encode, of plain area downscaling at --crf, that the last line and "
+                        "report.json compare video.mp4 with (saves ~15%% of the time)")
     p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:0, or auto (CUDA when present)")
     p.add_argument("--batch_size", type=int, default=d.batch_size,
                    help="frames per network call (the result does not depend on it)")
@@ -115,18 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> InferenceConfig:
-    values = {k: getattr(args, k) for k in InferenceConfig.__dataclass_fields__ if k != "roi"}
-    values["roi_qoffset"] = rd_control.parse_qoffset(args.roi_qoffset)
-    values["rd_control"] = args.rd_control == "on"
-    return InferenceConfig(roi=roi_options(args), **values)
+    values = {k: getattr(args, k) for k in InferenceConfig.__dataclass_fields__ if k not in ("roi", "enc")}
+    return InferenceConfig(roi=roi_options(args), enc=encoder_options(args), **values)
 
 
 def check_config(cfg: InferenceConfig) -> None:
     """Every flag that could only fail later, checked before anything is read or written."""
     if cfg.batch_size < 1:
         raise UserError(f"--batch_size must be >= 1, got {cfg.batch_size}")
-    if not 0 <= cfg.crf <= 51:
-        raise UserError(f"--crf must be in 0..51, got {cfg.crf}")
     if cfg.fps is not None and not (math.isfinite(cfg.fps) and cfg.fps > 0):
         raise UserError(f"--fps must be a positive number of frames per second, got {cfg.fps}")
     if cfg.threads is not None and cfg.threads < 1:
@@ -137,12 +113,7 @@ def check_config(cfg: InferenceConfig) -> None:
         raise UserError(f"--background_strength must be in [0, 1], got {cfg.background_strength}")
     if not (cfg.background_quality == 0 or 10 <= cfg.background_quality <= 100):
         raise UserError(f"--background_quality must be 0 (off) or 10..100 dB, got {cfg.background_quality}")
-    if not cfg.rd_budget > 0:
-        raise UserError(f"--rd_budget must be > 0 seconds, got {cfg.rd_budget}")
-    rd_control.check_segment(cfg.segment, cfg.trial_frames)
-    presets = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
-    if cfg.preset not in presets:
-        raise UserError(f"--preset {cfg.preset}: choose one of {', '.join(presets)}")
+    rd_control.check(cfg.enc)
     if cfg.roi.keyframe_interval < 1:
         raise UserError(f"--keyframe_interval must be >= 1, got {cfg.roi.keyframe_interval}")
 
@@ -200,7 +171,7 @@ def timed(seconds: dict, stage: str):
     seconds[stage] += time.perf_counter() - t
 
 
-class BackgroundWriter:
+class OrderedWorker:
     """Runs write jobs (PNG encoding, x264) in order on one worker thread, so they overlap with
     the network (both release the GIL). The queue is bounded, so memory stays flat; an error in
     the worker is re-raised in the caller at the next submit() or at close()."""
@@ -236,33 +207,32 @@ class BackgroundWriter:
 
 class SequenceWriter:
     """The output contract of one sequence, a segment at a time: per segment the closed loop
-    (rd_control) chooses the background (network or area) and the x264 ROI offset on the
-    objects' macroblocks; then PNG frames and masks, video.mp4, plain area downscaling encoded the
-    same way for comparison, and debug side-by-sides are written."""
+    (rd_control) chooses the background (network or area) and how much coarser x264 codes it;
+    then PNG frames and masks, video.mp4, plain area downscaling at --crf for comparison (both
+    decoded as they are written and measured against area downscaling), and debug side-by-sides."""
 
     def __init__(self, out_dir: Path, fps: float, cfg: InferenceConfig):
         self.out_dir, self.cfg, self.fps = out_dir, cfg, fps
-        self.video = H264Writer(out_dir / "video.mp4", fps, cfg.crf, cfg.preset)
-        self.area = H264Writer(out_dir / ".area.mp4", fps, cfg.crf, cfg.preset) if cfg.compare_area else None
-        self.pending: list = []   # (index, image, soft, area image, frame, mask, debug) of this segment
-        self.rois: list = []      # per frame: ROI rectangles given to x264
-        self.qoffsets: list = []  # per frame: their quantiser offset
+        enc = cfg.enc
+        self.video = H264Writer(out_dir / "video.mp4", fps, enc.crf, enc.preset, measure=cfg.compare_area)
+        self.area = H264Writer(out_dir / ".area.mp4", fps, enc.crf, enc.preset, measure=True) \
+            if cfg.compare_area else None
+        self.pending: list = []   # (index, image, soft, area image, frame, mask) of this segment
+        self.regions: list = []   # per frame: x264 quantiser regions
         self.decisions: list = []
 
     def add(self, i: int, img, soft, frame, mask, debug: bool):
         s = self.cfg.scale_factor
         area = cv2.resize(frame, (frame.shape[1] // s, frame.shape[0] // s), interpolation=cv2.INTER_AREA)
         self.pending.append((i, img, soft, area, frame if debug else None, mask if debug else None))
-        if len(self.pending) >= self.cfg.segment:
+        if len(self.pending) >= self.cfg.enc.segment:
             self.flush()
 
     def choose(self) -> rd_control.Decision:
         imgs, softs, areas = ([p[k] for p in self.pending] for k in (1, 2, 3))
-        if not self.cfg.rd_control:
-            return rd_control.Decision(self.pending[0][0], len(imgs),
-                                       rd_control.Candidate("model", self.cfg.roi_qoffset or 0.0))
-        return rd_control.decide(imgs, areas, softs, self.cfg.crf, self.fps, self.cfg.preset, self.pending[0][0],
-                                 self.cfg.trial_frames, self.cfg.roi_qoffset, self.cfg.rd_budget)
+        if not self.cfg.enc.rd_control:
+            return rd_control.fixed(self.cfg.enc, self.pending[0][0], len(imgs))
+        return rd_control.decide(imgs, areas, softs, self.cfg.enc, self.fps, self.pending[0][0])
 
     def flush(self):
         import debug_viz
@@ -271,27 +241,30 @@ class SequenceWriter:
         d = self.choose()
         self.decisions.append(d)
         for i, img, soft, area, frame, mask in self.pending:
-            out, rects, qoffset = rd_control.output_of(d.choice, img, area, soft)
-            self.rois.append(rects)
-            self.qoffsets.append(qoffset)
+            out, regions = rd_control.output_of(d.choice, img, area, soft)
+            self.regions.append(regions)
             write_png(self.out_dir / "frames" / frame_name(i), out)
             write_png(self.out_dir / "masks" / frame_name(i), soft)
-            self.video.write(out, rects, qoffset)
+            reference = (area, rd_control.roi_of(soft))
+            self.video.write(out, regions, reference)
             if self.area is not None:
-                self.area.write(area)
+                self.area.write(area, (), reference)
             if frame is not None:
                 debug_viz.write_side_by_side(self.out_dir / "debug" / frame_name(i), frame, mask, soft, out)
         self.pending = []
 
-    def close(self) -> tuple[int, Optional[int]]:
-        """(video.mp4 bytes, area comparison bytes or None); the comparison file is removed."""
+    def close(self) -> dict:
+        """video.mp4's bytes and, with the comparison, area's, and both qualities as decoded."""
         self.flush()
-        video_bytes = self.video.close()
-        if self.area is None:
-            return video_bytes, None
-        area_bytes = self.area.close()
-        (self.out_dir / ".area.mp4").unlink()
-        return video_bytes, area_bytes
+        result = {"video_bytes": self.video.close()}
+        if self.area is not None:
+            result["area_video_bytes"] = self.area.close()
+            (self.out_dir / ".area.mp4").unlink()
+            video_q, area_q = self.video.quality(), self.area.quality()
+            result.update(bytes_vs_area_pct=100 * (result["video_bytes"] / result["area_video_bytes"] - 1),
+                          roi_psnr=video_q["roi_psnr"], bg_psnr=video_q["bg_psnr"],
+                          area_roi_psnr=area_q["roi_psnr"], area_bg_psnr=area_q["bg_psnr"])
+        return result
 
     def abort(self):
         self.video.abort()
@@ -299,11 +272,12 @@ class SequenceWriter:
             self.area.abort()
 
     def report(self) -> dict:
-        return {"roi_qoffset": self.qoffsets, "roi_rectangles": self.rois,
-                "rd_control": [{"start": d.start, "frames": d.frames, "choice": d.choice.name,
-                                "slope_db_per_doubling": d.slope, "seconds": d.seconds, "costs": d.costs} for d in self.decisions],
+        return {"x264_regions": [[[list(r), q] for r, q in regs] for regs in self.regions],
+                "background_crf_delta": [d.choice.delta for d in self.decisions for _ in range(d.frames)],
+                "rd_control": [{"start": d.start, "frames": d.frames, "choice": d.choice.name, "seconds": d.seconds,
+                                "trials": d.trials} for d in self.decisions],
                 "rd_control_seconds": sum(d.seconds for d in self.decisions),
-                "estimated_bytes_vs_area_at_equal_roi_psnr_pct": rd_control.estimated_saving(self.decisions)}
+                "trial_bytes_vs_area_pct": rd_control.trial_saving(self.decisions)}
 
 
 def read_frames(reader: FrameReader, source, s: int, seconds: dict, bar):
@@ -327,7 +301,7 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
     frame_names = [f.name for f in reader.files] if reader.files else None
     source, source_used = (roi_factory or make_roi_source)(cfg.roi, frame_names=frame_names, device=str(device))
     seconds, params_log, n = defaultdict(float), [], 0
-    writer, jobs = SequenceWriter(out_dir, reader.info.fps, cfg), BackgroundWriter()
+    writer, jobs = SequenceWriter(out_dir, reader.info.fps, cfg), OrderedWorker()
     t_start = time.perf_counter()
     try:
         with tqdm(total=reader.info.num_frames or None, desc=f"downsampling {seq_path.name}", unit="frame") as bar:
@@ -346,7 +320,7 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
                     n += 1
         jobs.close()
         with timed(seconds, "write"):
-            video_bytes, area_bytes = writer.close()
+            measured = writer.close()
     except BaseException:
         if jobs.error is None:
             jobs.close()
@@ -364,9 +338,8 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
         "input": str(seq_path), "frames": n, "input_size": [reader.info.width, reader.info.height],
         "output_size": [reader.info.width // cfg.scale_factor, reader.info.height // cfg.scale_factor],
         "fps": reader.info.fps, "roi_source": source_used, "skipped_frames": reader.skipped,
-        "video_bytes": video_bytes, "area_video_bytes": area_bytes,
-        "bytes_vs_area_pct": None if not area_bytes else 100 * (video_bytes / area_bytes - 1),
-        "crf": cfg.crf, "preset": cfg.preset, **writer.report(),
+        **measured, "encoder": asdict(cfg.enc), "background_crf": cfg.enc.crf + cfg.enc.max_delta,
+        **writer.report(),
         "stage_fps": {k: (n / v if v > 0 else None) for k, v in seconds.items()},
         "overall_fps": n / elapsed, "seconds": elapsed, "parameters": params_log,
     }
@@ -375,12 +348,13 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
 def summary_line(report: dict, out_dir: Path) -> str:
     w, h = report["output_size"]
     cmp = ""
-    if report["area_video_bytes"]:
-        cmp = (f" vs {report['area_video_bytes']} for plain area downscaling at the same CRF "
-               f"({report['bytes_vs_area_pct']:+.1f}%)")
-    estimate = report.get("estimated_bytes_vs_area_at_equal_roi_psnr_pct")
-    if estimate is not None:  # ROI offsets buy object quality with bytes: say what that is worth
-        cmp += f"; at equal object quality the closed loop's trials estimate {estimate:+.1f}% vs area"
+    if "area_video_bytes" in report:
+        def db(v):
+            return "-" if v is None else f"{v:.2f}"
+        cmp = (f" vs {report['area_video_bytes']} for plain area downscaling at CRF {report['encoder']['crf']} "
+               f"({report['bytes_vs_area_pct']:+.1f}%); objects {db(report['roi_psnr'])} vs "
+               f"{db(report['area_roi_psnr'])} dB, background {db(report['bg_psnr'])} vs "
+               f"{db(report['area_bg_psnr'])} dB (PSNR against area downscaling, as decoded)")
     return (f"wrote {report['frames']} frames {w}x{h} to {out_dir}/ (video.mp4 {report['video_bytes']} bytes{cmp}; "
             f"ROI source {report['roi_source']}, {report['overall_fps']:.1f} frames/s)")
 
@@ -400,7 +374,7 @@ def run(cfg: InferenceConfig, roi_factory=None) -> list[dict]:
     model, ckpt_name = load_downsampler(cfg)
     model.set_background_strength(cfg.background_strength)
     model.set_background_floor(cfg.background_quality)
-    model.follow_gate = not cfg.rd_control  # with the closed loop on, x264 decides, not the gate
+    model.follow_gate = not cfg.enc.rd_control  # with the closed loop on, x264 decides, not the gate
     model.to(device)
     reports = []
     with ResultFolder(output_dir, "--output_dir") as result:

@@ -1,189 +1,274 @@
 """Decide with the encoder: per segment, trial-encode candidate outputs with x264 and keep the one
-that costs the fewest bytes for its ROI quality.
+with the fewest bytes at the quality the user asked for.
 
-A candidate is a background (the network's simplified one, or plain area downscaling) and an
-x264 ROI quantiser offset on the objects' macroblocks. For each segment (default 50 frames, 2 s
-at 25 fps) the first ``trial_frames`` of a candidate are encoded with the same x264 settings as
-the real stream, decoded, and placed against plain area downscaling's own curve:
+The user asks for two qualities in x264's own units: ``--crf`` for the objects and
+``--background_crf`` for the rest. The stream is coded at ``--crf``; a candidate codes the
+background ``delta`` CRF steps coarser through x264's ROI quantiser offsets (ffmpeg's ``addroi``:
+the whole frame at +delta/51, the objects' macroblocks listed first at 0, the first region wins).
+That is x264's own "base CRF + delta with the ROI at -delta/51" (measured equal within 0.5 % of
+the bytes and 0.05 dB), but it can change from frame to frame inside one stream. A candidate is
+such a delta and a background source: the network's simplified background or plain area
+downscaling.
 
-    cost = slope * log2(bits) - ROI-PSNR      (ROI-PSNR against area downscaling, in the ROI)
+A coarser background also makes the objects a little worse (their predictions and deblocking
+reach across the boundary); where that takes them below the asked quality, the same candidate
+is tried with the objects ROI_BOOST steps finer.
 
-where ``slope`` (dB per doubling of the bits) is measured, not assumed: area at this CRF and at
-CRF+3, one extra trial. A candidate with a lower cost than area lies above area's curve in the
-(log bytes, ROI-PSNR) plane -- the geometry of the BD-rate against area -- and its cost difference
-converts to "bytes at equal ROI quality" (reported as ``bytes_vs_area_pct``). (An earlier version
-priced SSE linearly, which can never credit a large quality gain and so rejected ROI offsets
-that x264's own ROI mode shows to pay.) The search is greedy, to keep trials few: first the
-background at no offset (network vs area), then the offsets on the better background; anything
-must beat area by MARGIN_PCT to be chosen. Both
-backgrounds already meet the background floor (the network applies it), so the floor needs no
-trial. The look-ahead is one segment; ``budget_seconds`` bounds the trial time per segment
-(area and the network's background are always tried; later offsets are skipped when it is spent).
+For each segment (default 50 frames, 2 s at 25 fps) the first ``trial_frames`` of the candidates
+are encoded with the stream's own settings, decoded and measured against area downscaling:
+
+- objects: ROI-PSNR must be >= plain area at ``--crf`` minus ROI_TOLERANCE_DB;
+- background: PSNR outside the ROI must be >= area's background coded at ``--background_crf``
+  (the area candidate at the largest delta) minus the same tolerance;
+- of the candidates that pass, the fewest bytes wins -- and only if it saves more than MARGIN_PCT
+  against plain area at ``--crf``; otherwise the segment is plain area at ``--crf`` (+0 %).
+
+Bytes fall as delta grows, so each background is tried from the largest delta down and stops
+at the first that passes (or as soon as it cannot beat the best so far). ``budget_seconds``
+bounds the trial time per segment; plain area at ``--crf`` is always measured first.
 """
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
 from errors import UserError
-from video_io import encode_h264_bytes, roi_rectangles
+from video_io import measure_h264, quant_regions, roi_rectangles
 
-QOFFSETS = (-0.15, -0.3)     # tried on the better background after "no offset" (x264: x 51 QP)
 SEGMENT = 50                 # frames per decision (2 s at 25 fps: the look-ahead)
 TRIAL_FRAMES = 12            # frames of each segment trial-encoded per candidate
-DEFAULT_SLOPE = 4.0          # dB per doubling of the bits, when area's own curve cannot be measured
+ROI_TOLERANCE_DB = 0.2       # objects (and background) may be this much below their reference
+ROI_BOOST = 2                # CRF steps finer for the objects when a coarser background pulls them down
 MARGIN_PCT = 2.0             # a candidate replaces plain area only if it saves more than this: x264's own
 #                              byte counts vary a little from run to run, and a near-tie is not worth a switch
+BACKGROUND_CRF_STEP = 6      # default --background_crf = --crf + 6 (see README: about half the background's bits)
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
 @dataclass
+class EncoderOptions:
+    """How video.mp4 is encoded and decided: the same flags (add_encoder_args) for inference,
+    evaluation and calibration."""
+    crf: int = 23                          # the objects' quality
+    background_crf: Optional[int] = None   # None: crf + BACKGROUND_CRF_STEP; == crf: no ROI coding
+    preset: str = "veryfast"
+    rd_control: bool = True
+    segment: int = SEGMENT
+    trial_frames: int = TRIAL_FRAMES
+    rd_budget: float = 5.0                 # seconds of trials per segment, at most (a safety net: when it
+    #                                        bites, the choice depends on the machine's speed)
+
+    @property
+    def max_delta(self) -> int:
+        bg = self.crf + BACKGROUND_CRF_STEP if self.background_crf is None else self.background_crf
+        return max(0, min(51, bg) - self.crf)
+
+
+def add_encoder_args(p: argparse.ArgumentParser) -> None:
+    """The encoding flags every CLI that writes or measures video.mp4 shares."""
+    d = EncoderOptions()
+    p.add_argument("--crf", type=int, default=d.crf,
+                   help="objects' quality, as x264's CRF (0-51, lower = better): inside the ROI video.mp4 is at "
+                        "least as good as plain area downscaling at this CRF")
+    p.add_argument("--background_crf", default=None,
+                   help=f"background's quality floor as a CRF (default: --crf + {BACKGROUND_CRF_STEP}); "
+                        f"'same' = the background as good as the objects (no ROI coding)")
+    p.add_argument("--preset", default=d.preset, choices=PRESETS, metavar="PRESET",
+                   help=f"x264 preset of video.mp4 and its trials ({', '.join(PRESETS)})")
+    p.add_argument("--rd_control", default="on", choices=["on", "off"],
+                   help="on: per segment, trial-encode the candidates (network/area background x background CRF) "
+                        "and keep the fewest bytes at the asked quality; off: the network's output, background "
+                        "at --background_crf")
+    p.add_argument("--segment", type=int, default=d.segment, help="frames per closed-loop decision (look-ahead)")
+    p.add_argument("--trial_frames", type=int, default=d.trial_frames,
+                   help="frames at the start of each segment that the closed loop trial-encodes")
+    p.add_argument("--rd_budget", type=float, default=d.rd_budget,
+                   help="seconds of trial encodes per segment: candidates not tried by then are skipped")
+
+
+def encoder_options(args) -> EncoderOptions:
+    """The EncoderOptions part of a parsed Namespace, checked (one-line errors)."""
+    opts = EncoderOptions(crf=args.crf, background_crf=parse_background_crf(args.background_crf, args.crf),
+                          preset=args.preset, rd_control=args.rd_control == "on", segment=args.segment,
+                          trial_frames=args.trial_frames, rd_budget=args.rd_budget)
+    check(opts)
+    return opts
+
+
+def parse_background_crf(text, crf: int) -> Optional[int]:
+    if text is None:
+        return None
+    if str(text).strip().lower() == "same":
+        return crf
+    try:
+        value = int(text)
+    except ValueError:
+        raise UserError(f"--background_crf {text}: give a CRF (an integer, e.g. {crf + BACKGROUND_CRF_STEP}) "
+                        f"or 'same'") from None
+    return value
+
+
+def check(opts: EncoderOptions) -> None:
+    """Every encoding flag, before any work starts."""
+    if not 0 <= opts.crf <= 51:
+        raise UserError(f"--crf must be in 0..51, got {opts.crf}")
+    if opts.background_crf is not None and not opts.crf <= opts.background_crf <= 51:
+        raise UserError(f"--background_crf must be in {opts.crf}..51 (not better than --crf {opts.crf}), "
+                        f"got {opts.background_crf}")
+    if opts.preset not in PRESETS:
+        raise UserError(f"--preset {opts.preset}: choose one of {', '.join(PRESETS)}")
+    if opts.segment < 1 or opts.trial_frames < 1:
+        raise UserError(f"--segment and --trial_frames must be >= 1, got {opts.segment}, {opts.trial_frames}")
+    if not opts.rd_budget > 0:
+        raise UserError(f"--rd_budget must be > 0 seconds, got {opts.rd_budget}")
+
+
+@dataclass(frozen=True)
 class Candidate:
     background: str   # "model" or "area"
-    qoffset: float
+    delta: int = 0    # CRF steps the background is coded coarser than the objects
+    boost: int = 0    # CRF steps the objects are coded finer, to make up for coarser surroundings
 
     @property
     def name(self) -> str:
-        return f"{self.background}{'' if not self.qoffset else f'+roi_qp{self.qoffset:+.2f}'}"
+        return self.background + (f"+bg{self.delta}" if self.delta else "") + (f"+roi{self.boost}" if self.boost else "")
+
+
+AREA = Candidate("area", 0)
 
 
 @dataclass
 class Decision:
-    """The choice for one segment and what every candidate tried cost."""
+    """The choice for one segment and what every candidate tried measured."""
     start: int
     frames: int
     choice: Candidate
-    costs: dict = field(default_factory=dict)   # name -> {"bits", "roi_psnr", "cost", "bytes_vs_area_pct"}
+    trials: dict = field(default_factory=dict)  # name -> {"bits", "roi_psnr", "bg_psnr", "passes", "bytes_vs_area_pct"}
     seconds: float = 0.0
-    slope: float = 0.0                          # dB of ROI-PSNR per doubling of the bits, on area's curve
 
 
-def parse_qoffset(text: str):
-    """--roi_qoffset: None for auto (the closed loop chooses), else a number in -1..1."""
-    if text == "auto":
-        return None
-    try:
-        q = float(text)
-    except ValueError:
-        raise UserError(f"--roi_qoffset {text}: give auto or a number in -1..1 (e.g. -0.2)") from None
-    if not -1 <= q <= 1:
-        raise UserError(f"--roi_qoffset must be in -1..1, got {q}")
-    return q
+def roi_of(soft: np.ndarray) -> np.ndarray:
+    """The ROI the encoder and the trials see: soft importance >= 0.5."""
+    return soft >= 128
 
 
-def roi_of(softs) -> list[np.ndarray]:
-    """The ROI the encoder and the cost see: soft importance >= 0.5."""
-    return [s >= 128 for s in softs]
-
-
-@dataclass
-class AreaLine:
-    """Plain area downscaling on a trial window: its bits and ROI-PSNR at this CRF, and the slope
-    of its own curve (dB per doubling of the bits) that a candidate must beat."""
-    bits: float
-    psnr: float
-    slope: float
-
-    def cost(self, bits: float, psnr: float) -> float:
-        return self.slope * np.log2(max(bits, 1.0)) - psnr
-
-    def bytes_vs_area_pct(self, bits: float, psnr: float) -> float:
-        """Bytes against area's at equal ROI-PSNR (negative: fewer), read off area's local curve."""
-        return 100 * (2 ** ((self.cost(bits, psnr) - self.cost(self.bits, self.psnr)) / self.slope) - 1)
-
-
-def trial(frames, area_frames, roi, crf: int, fps: float, preset: str, qoffset: float = 0.0):
-    """(bits, ROI-PSNR against area downscaling) of frames encoded and decoded with x264.
-    roi: (T,h,w,1) bool; an empty ROI scores the whole frame (nothing to protect: plain quality)."""
-    rects = [roi_rectangles(r[..., 0]) for r in roi] if qoffset else None
-    size, decoded = encode_h264_bytes(frames, fps, crf, preset, rois=rects, qoffset=qoffset)
-    weight = roi if roi.any() else np.ones_like(roi)
-    sse = sum(float((((d.astype(np.float64) - a) ** 2) * w).sum())  # a frame at a time: no clip-sized copies
-              for d, a, w in zip(decoded, area_frames, weight))
-    mse = sse / (3 * float(weight.sum()))
-    return 8 * size, 10 * np.log10(255.0 ** 2 / max(mse, 1e-10))
-
-
-def area_line(area_frames, roi, crf: int, fps: float, preset: str) -> AreaLine:
-    """Area downscaling at this CRF and at CRF+3: where it stands and its measured slope."""
-    bits, psnr = trial(area_frames, area_frames, roi, crf, fps, preset)
-    bits_p, psnr_p = trial(area_frames, area_frames, roi, min(51, crf + 3), fps, preset)
-    usable = bits > bits_p and psnr > psnr_p
-    slope = (psnr - psnr_p) / (np.log2(bits) - np.log2(bits_p)) if usable else DEFAULT_SLOPE
-    return AreaLine(bits, psnr, float(slope))
-
-
-def check_segment(segment: int, trial_frames: int) -> None:
-    """--segment and --trial_frames, as every CLI that runs the loop checks them."""
-    if segment < 1 or trial_frames < 1:
-        raise UserError(f"--segment and --trial_frames must be >= 1, got {segment}, {trial_frames}")
-
-
-def decide(model_frames, area_frames, softs, crf: int, fps: float, preset: str, start: int = 0,
-           trial_frames: int = TRIAL_FRAMES, qoffset=None, budget_seconds: float = float("inf")) -> Decision:
-    """Trial-encode the start of one segment; return the cheapest candidate. ``qoffset``: None
-    searches QOFFSETS; a number fixes the offset (--roi_qoffset), the backgrounds are still tried."""
-    t0 = time.perf_counter()
-    n = min(trial_frames, len(model_frames))
-    roi = np.stack(roi_of(softs[:n]))[..., None]
-    area = area_frames[:n]
-    line = area_line(area, roi, crf, fps, preset)
-    costs, tried = {}, {}
-
-    def measure(c: Candidate, bits=None, psnr=None):
-        if bits is None:
-            frames = (model_frames if c.background == "model" else area_frames)[:n]
-            bits, psnr = trial(frames, area, roi, crf, fps, preset, c.qoffset)
-        costs[c.name] = {"bits": bits, "roi_psnr": psnr, "cost": line.cost(bits, psnr),
-                         "bytes_vs_area_pct": line.bytes_vs_area_pct(bits, psnr)}
-        tried[c.name] = c
-
-    first = 0.0 if qoffset is None else qoffset
-    if first == 0.0:
-        measure(Candidate("area", 0.0), line.bits, line.psnr)
-    else:
-        measure(Candidate("area", first))
-    measure(Candidate("model", first))
-    anchor = next(iter(tried))  # area at the first offset
-
-    def cheapest() -> str:
-        best = min(tried, key=lambda k: costs[k]["cost"])
-        pays = costs[best]["bytes_vs_area_pct"] < costs[anchor]["bytes_vs_area_pct"] - MARGIN_PCT
-        return best if pays else anchor
-
-    if qoffset is None:
-        background = tried[cheapest()].background
-        for q in QOFFSETS:
-            if time.perf_counter() - t0 > budget_seconds:
-                break
-            measure(Candidate(background, q))
-    return Decision(start, len(model_frames), tried[cheapest()], costs, time.perf_counter() - t0, line.slope)
-
-
-def plan(model_frames, area_frames, softs, crf, fps, preset, segment: int = SEGMENT, trial_frames: int = TRIAL_FRAMES,
-         qoffset=None, budget_seconds: float = float("inf")) -> list[Decision]:
-    """Decisions for a whole clip held in memory (evaluation); inference decides as it streams."""
-    return [decide(model_frames[i:i + segment], area_frames[i:i + segment], softs[i:i + segment], crf, fps,
-                   preset, i, trial_frames, qoffset, budget_seconds)
-            for i in range(0, len(model_frames), segment)]
+def regions_of(choice: Candidate, soft: np.ndarray):
+    """x264 quantiser regions of one frame under a choice (empty: plain CRF)."""
+    if not choice.delta:
+        return []
+    return quant_regions(roi_rectangles(roi_of(soft)), -choice.boost / 51, choice.delta / 51,
+                         soft.shape[1], soft.shape[0])
 
 
 def output_of(choice: Candidate, image, area, soft):
-    """(frame to encode, its ROI rectangles, its quantiser offset) for one frame under a choice."""
-    frame = image if choice.background == "model" else area
-    return frame, (roi_rectangles(soft >= 128) if choice.qoffset else []), choice.qoffset
+    """(frame to encode, its x264 quantiser regions) for one frame under a choice."""
+    return (image if choice.background == "model" else area), regions_of(choice, soft)
+
+
+def trial(frames, area_frames, softs, choice: Candidate, crf: int, fps: float, preset: str) -> dict:
+    """Bits, ROI-PSNR and background PSNR (against area downscaling) of frames coded as `choice`."""
+    m = measure_h264(frames, [(a, roi_of(s)) for a, s in zip(area_frames, softs)], fps, crf, preset,
+                     [regions_of(choice, s) for s in softs])
+    return {"bits": 8 * m.pop("bytes"), **m}
+
+
+def deltas(max_delta: int) -> list[int]:
+    """The background steps tried, largest first: max, 2/3 and 1/3 of it."""
+    return sorted({d for d in (max_delta, round(2 * max_delta / 3), round(max_delta / 3)) if d > 0}, reverse=True)
+
+
+def _at_least(value, floor) -> bool:
+    """value (None: nothing to measure) is within ROI_TOLERANCE_DB of floor (None: unknown, fails)."""
+    return value is None or (floor is not None and value >= floor - ROI_TOLERANCE_DB)
+
+
+def decide(model_frames, area_frames, softs, opts: EncoderOptions, fps: float, start: int = 0) -> Decision:
+    """Trial-encode the start of one segment; return the candidate with the fewest bytes that
+    keeps the objects at --crf and the background at --background_crf (else plain area)."""
+    t0 = time.perf_counter()
+    n = min(opts.trial_frames, len(model_frames))
+    area, softs_n = area_frames[:n], softs[:n]
+    trials: dict[Candidate, dict] = {}
+
+    def measure(c: Candidate) -> dict:
+        frames = (model_frames if c.background == "model" else area_frames)[:n]
+        trials[c] = trial(frames, area, softs_n, c, opts.crf, fps, opts.preset)
+        return trials[c]
+
+    ref = measure(AREA)
+    best, best_bits = AREA, ref["bits"] * (1 - MARGIN_PCT / 100)
+    steps = deltas(opts.max_delta)
+    floor = ref["bg_psnr"] if not steps else None  # the background of area coded at --background_crf
+    def passes(c: Candidate, r: dict) -> bool:
+        background_ok = c.background == "area" or _at_least(r["bg_psnr"], floor)  # area: at most max_delta
+        r["passes"] = _at_least(r["roi_psnr"], ref["roi_psnr"]) and background_ok
+        return background_ok
+
+    for background in ("area", "model"):
+        for delta in steps + ([0] if background == "model" else []):
+            if time.perf_counter() - t0 > opts.rd_budget:
+                break
+            c = Candidate(background, delta)
+            r = measure(c)
+            if c == Candidate("area", opts.max_delta):
+                floor = r["bg_psnr"]
+            if passes(c, r) and not r["passes"] and delta:  # only the objects fell short: code them finer
+                c = Candidate(background, delta, ROI_BOOST)
+                r = measure(c)
+                passes(c, r)
+            if r["bits"] >= best_bits:
+                break  # smaller steps only cost more
+            if r["passes"]:
+                best, best_bits = c, r["bits"]
+                break
+    for c, r in trials.items():
+        r["bytes_vs_area_pct"] = 100 * (r["bits"] / ref["bits"] - 1)
+        r.setdefault("passes", c == AREA)
+    return Decision(start, len(model_frames), best, {c.name: r for c, r in trials.items()},
+                    time.perf_counter() - t0)
+
+
+def model_vs_area_pct(d: Decision) -> float:
+    """Bytes of the network's background against area's, each at its cheapest trial that kept the
+    asked qualities (a background that never did is judged by its cheapest trial, at least +MARGIN_PCT)."""
+    def cheapest(background, passing):
+        bits = [r["bits"] for k, r in d.trials.items() if k.startswith(background) and (r["passes"] or not passing)]
+        return min(bits) if bits else None
+    area = cheapest("area", True)
+    model = cheapest("model", True)
+    if model is not None:
+        return 100 * (model / area - 1)
+    tried = cheapest("model", False)
+    return MARGIN_PCT if tried is None else max(MARGIN_PCT, 100 * (tried / area - 1))
+
+
+def fixed(opts: EncoderOptions, start: int, frames: int) -> Decision:
+    """--rd_control off: the network's output, background at --background_crf, no trials."""
+    return Decision(start, frames, Candidate("model", opts.max_delta))
+
+
+def plan(model_frames, area_frames, softs, opts: EncoderOptions, fps: float) -> list[Decision]:
+    """Decisions for a whole clip held in memory (evaluation); inference decides as it streams."""
+    step = opts.segment
+    if not opts.rd_control:
+        return [fixed(opts, i, len(model_frames[i:i + step])) for i in range(0, len(model_frames), step)]
+    return [decide(model_frames[i:i + step], area_frames[i:i + step], softs[i:i + step], opts, fps, i)
+            for i in range(0, len(model_frames), step)]
 
 
 def apply(decisions, model_frames, area_frames, softs):
-    """(frames, per-frame ROI rectangles, per-frame qoffsets) as the decisions say."""
+    """(frames, per-frame x264 regions) as the decisions say."""
     per_frame = [output_of(d.choice, model_frames[t], area_frames[t], softs[t])
                  for d in decisions for t in range(d.start, d.start + d.frames)]
     return tuple(list(x) for x in zip(*per_frame))
 
 
-def estimated_saving(decisions) -> float | None:
-    """The chosen candidates' bytes against area's at equal ROI-PSNR, frame-weighted over the
-    segments, as the trials estimated them (None when the loop did not run)."""
-    known = [(d.frames, d.costs[d.choice.name]["bytes_vs_area_pct"]) for d in decisions if d.choice.name in d.costs]
+def trial_saving(decisions) -> Optional[float]:
+    """The chosen candidates' trial bytes against plain area's at --crf, frame-weighted (None when
+    the loop did not run). The measured figure is in the report beside it."""
+    known = [(d.frames, d.trials[d.choice.name]["bytes_vs_area_pct"]) for d in decisions if d.choice.name in d.trials]
     return sum(n * v for n, v in known) / sum(n for n, _ in known) if known else None

@@ -224,33 +224,65 @@ class KeyframeSource:
 class MotionSource:
     """Weight-free ROI: moving things, by OpenCV's MOG2 background subtraction at low resolution.
 
-    Speckle is opened away; the fragments of one object (a car's wheels, lights and edges) are
-    joined by a wide closing and filled as convex blobs, then dilated, so whole objects are kept
-    sharp rather than patches of them. Works for static cameras; with a moving camera much of
-    the frame becomes ROI (safe, but fewer savings)."""
+    A hand-held or wind-shaken camera moves every edge a pixel or two, which background
+    subtraction reads as motion everywhere; so each frame is first aligned to the first one (a
+    similarity transform from tracked corners, RANSAC) and subtracted there, and the mask is
+    mapped back. Speckle is opened away; the fragments of one object (a car's wheels, lights and
+    edges) are joined by a closing and filled as convex blobs, then dilated, so whole objects are
+    kept sharp rather than patches of them. A camera that pans far from its first view loses the
+    alignment and is re-anchored (its first frames there are ROI: safe, but fewer savings)."""
 
     stateful = True  # needs every frame, in order
-    VERSION = 2      # part of the training mask-cache key: bump when the algorithm changes
+    VERSION = 3      # part of the training mask-cache key: bump when the algorithm changes
 
     def __init__(self, work_width: int = 320, history: int = 120, var_threshold: float = 24.0):
-        self.work_width, self.history = work_width, history
-        self.bg = cv2.createBackgroundSubtractorMOG2(history=history, varThreshold=var_threshold,
-                                                     detectShadows=False)
+        self.work_width, self.history, self.var_threshold = work_width, history, var_threshold
         self.kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
-        self.join = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (21, 21))
+        self.join = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (15, 15))
+        self.anchor = None  # (gray, corners) of the frame everything is aligned to
+
+    def _reanchor(self, small: np.ndarray, gray: np.ndarray) -> None:
+        self.bg = cv2.createBackgroundSubtractorMOG2(history=self.history, varThreshold=self.var_threshold,
+                                                     detectShadows=False)
+        corners = cv2.goodFeaturesToTrack(gray, 200, 0.01, 8)
+        self.anchor = (gray, corners)
         self.frames = 0
+
+    def _to_anchor(self, gray: np.ndarray):
+        """The similarity transform taking this frame onto the anchor, or None when it cannot be
+        found (too few corners follow: a big pan, a cut)."""
+        ref, corners = self.anchor
+        if corners is None or len(corners) < 12:
+            return None
+        moved, ok, _ = cv2.calcOpticalFlowPyrLK(ref, gray, corners, None, winSize=(21, 21), maxLevel=3)
+        ok = ok[:, 0] == 1
+        if ok.sum() < 12:
+            return None
+        m, inliers = cv2.estimateAffinePartial2D(moved[ok], corners[ok], method=cv2.RANSAC,
+                                                 ransacReprojThreshold=1.5)
+        if m is None or inliers.sum() < 0.5 * ok.sum():
+            return None
+        return m
 
     def mask(self, frame: np.ndarray, name: Optional[str] = None) -> np.ndarray:
         h, w = frame.shape[:2]
         width = min(self.work_width, w)
         small = cv2.resize(frame, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+        gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+        size = (small.shape[1], small.shape[0])
+        m = self._to_anchor(gray) if self.anchor is not None else None
+        if m is None:
+            self._reanchor(small, gray)
+            m = np.float32([[1, 0, 0], [0, 1, 0]])
+        aligned = cv2.warpAffine(small, m, size, borderMode=cv2.BORDER_REPLICATE)
         # a fixed, slow learning rate after the first frame: MOG2's default (1/frames seen) absorbs
         # a slowly moving car into the background within a few frames
         rate = 1.0 if self.frames == 0 else 1.0 / self.history
-        fg = self.bg.apply(cv2.GaussianBlur(small, (3, 3), 0), learningRate=rate)
+        fg = self.bg.apply(cv2.GaussianBlur(aligned, (3, 3), 0), learningRate=rate)
         self.frames += 1
         if self.frames == 1:  # MOG2 calls everything foreground before it has seen a frame
             fg[:] = 0
+        fg = cv2.warpAffine(fg, cv2.invertAffineTransform(m), size, flags=cv2.INTER_NEAREST)
         fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, self.kernel)
         fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, self.join)
         contours, _ = cv2.findContours(fg, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)

@@ -351,18 +351,28 @@ def roi_rectangles(mask: np.ndarray, block: int = 16) -> list[tuple[int, int, in
     return [(x, y, min(rw, w - x), min(rh, h - y)) for x, y, rw, rh in sorted(rects, key=lambda t: (t[1], t[0]))]
 
 
-def with_roi_offsets(frame, rects, qoffset: float):
+def quant_regions(rects, roi_qoffset: float, background_qoffset: float, width: int, height: int):
+    """x264 quantiser regions, first wins: the objects' rectangles at roi_qoffset, the rest of the
+    frame at background_qoffset (both x 51 QP at 8 bits; positive = coarser)."""
+    regions = [(r, roi_qoffset) for r in rects]
+    if background_qoffset:
+        regions.append(((0, 0, width, height), background_qoffset))
+    return regions
+
+
+def with_roi_offsets(frame, regions):
     """The frame with x264 ROI quantiser offsets attached (AV_FRAME_DATA_REGIONS_OF_INTEREST), by
-    running FFmpeg's ``addroi`` filter once per rectangle. Negative qoffset = better quality inside
-    (-1..1, relative to x264's quantiser range). x264 honours it with adaptive quantisation on."""
+    running FFmpeg's ``addroi`` filter once per region ((x, y, w, h), qoffset) in order; where
+    regions overlap the first one wins (libx264 applies the list in reverse). qoffset in -1..1
+    of x264's quantiser range; x264 honours it with adaptive quantisation on (its default)."""
     import av.filter
-    if not rects or qoffset == 0:
+    if not regions:
         return frame
     graph = av.filter.Graph()
     node = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
                             time_base=frame.time_base or fractions.Fraction(1, 25))
-    for x, y, w, h in rects:
-        roi = graph.add("addroi", f"x={x}:y={y}:w={w}:h={h}:qoffset={qoffset:.4f}")
+    for (x, y, w, h), q in regions:
+        roi = graph.add("addroi", f"x={x}:y={y}:w={w}:h={h}:qoffset={q:.4f}")
         node.link_to(roi)
         node = roi
     sink = graph.add("buffersink")
@@ -372,20 +382,62 @@ def with_roi_offsets(frame, rects, qoffset: float):
     return graph.pull()
 
 
+class QualityMeter:
+    """Measures a stream as a decoder shows it: the encoder's packets are decoded as they come,
+    and every frame is compared with the reference given at write time (area downscaling), inside
+    and outside its ROI. Nothing is held but the frames x264 is still looking ahead at."""
+
+    def __init__(self):
+        import collections
+        self.decoder = None
+        self.pending = collections.deque()   # (reference RGB, ROI bool) in display order
+        self.sums = np.zeros(4)              # roi sse, roi samples, background sse, background samples
+
+    def expect(self, reference: np.ndarray, roi: np.ndarray) -> None:
+        self.pending.append((reference, roi))
+
+    def decode(self, packet, codec_context) -> None:
+        import av
+        if self.decoder is None:
+            self.decoder = av.CodecContext.create("h264", "r")
+            self.decoder.extradata = codec_context.extradata
+        for frame in self.decoder.decode(packet):
+            self._compare(frame)
+
+    def _compare(self, frame) -> None:
+        reference, roi = self.pending.popleft()
+        h, w = reference.shape[:2]
+        err = ((frame.to_ndarray(format="rgb24")[:h, :w].astype(np.float32) - reference) ** 2).sum(-1)
+        self.sums += (float(err[roi].sum()), 3 * float(roi.sum()), float(err[~roi].sum()), 3 * float((~roi).sum()))
+
+    def finish(self) -> dict:
+        """{"roi_psnr", "bg_psnr"} of everything written (None where there were no such pixels)."""
+        if self.decoder is not None:
+            for frame in self.decoder.decode(None):
+                self._compare(frame)
+            self.decoder = None
+
+        def psnr(sse, count):
+            return None if count == 0 else float(10 * np.log10(255.0 ** 2 / max(sse / count, 1e-10)))
+        return {"roi_psnr": psnr(*self.sums[:2]), "bg_psnr": psnr(*self.sums[2:])}
+
+
 class _H264Stream:
     """A libx264 (yuv420p) stream in an open PyAV container: odd sizes are edge-padded to even,
-    and the H.264 payload (sum of packet sizes) is counted. threads=0 lets x264 choose."""
+    and the H.264 payload (sum of packet sizes) is counted. threads=0 lets x264 choose. With a
+    QualityMeter, what a decoder shows is measured against the references given to write()."""
 
-    def __init__(self, container, fps: float, crf: int, preset: str, threads: int = 0):
-        self.container = container
+    def __init__(self, container, fps: float, crf: int, preset: str, threads: int = 0, meter=None):
+        self.container, self.meter = container, meter
         self.stream = container.add_stream("libx264", rate=fractions.Fraction(fps).limit_denominator(1001))
         self.stream.pix_fmt = "yuv420p"
         self.stream.codec_context.thread_count = threads
         self.stream.options = {"crf": str(int(crf)), "preset": preset}
         self.frames = self.payload = 0
 
-    def write(self, rgb: np.ndarray, rects=(), qoffset: float = 0.0) -> None:
-        """One frame; `rects` (x, y, w, h) get x264 ROI quantiser offset `qoffset`."""
+    def write(self, rgb: np.ndarray, regions=(), reference=None) -> None:
+        """One frame; `regions` ((x, y, w, h), qoffset) are x264 quantiser offsets (with_roi_offsets);
+        `reference` (RGB, ROI bool) is what the QualityMeter compares the decoded frame with."""
         import av
         h, w = rgb.shape[:2]
         if h % 2 or w % 2:
@@ -393,11 +445,13 @@ class _H264Stream:
         if self.frames == 0:
             self.stream.width, self.stream.height = rgb.shape[1], rgb.shape[0]
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        if rects and qoffset:
+        if regions:
             frame = frame.reformat(format="yuv420p")
             frame.pts, frame.time_base = self.frames, self.stream.codec_context.time_base or fractions.Fraction(1, 25)
-            frame = with_roi_offsets(frame, rects, qoffset)
+            frame = with_roi_offsets(frame, regions)
             frame.pts = None  # let the encoder number frames as it does without ROI
+        if self.meter is not None:
+            self.meter.expect(*reference)
         self._mux(frame)
         self.frames += 1
 
@@ -407,6 +461,8 @@ class _H264Stream:
     def _mux(self, frame) -> None:
         for packet in self.stream.encode(frame):
             self.payload += packet.size
+            if self.meter is not None:
+                self.meter.decode(packet, self.stream.codec_context)
             self.container.mux(packet)
 
 
@@ -417,16 +473,21 @@ class H264Writer:
     truncated video under the final name. Odd sizes are edge-padded to even (mp4 only).
     """
 
-    def __init__(self, path, fps: float, crf: int = 23, preset: str = "veryfast"):
+    def __init__(self, path, fps: float, crf: int = 23, preset: str = "veryfast", measure: bool = False):
         import av
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix}")
         self.container = av.open(str(self.tmp), mode="w")
-        self.encoder = _H264Stream(self.container, fps, crf, preset)
+        self.meter = QualityMeter() if measure else None
+        self.encoder = _H264Stream(self.container, fps, crf, preset, meter=self.meter)
 
-    def write(self, rgb: np.ndarray, rects=(), qoffset: float = 0.0) -> None:
-        self.encoder.write(rgb, rects, qoffset)
+    def write(self, rgb: np.ndarray, regions=(), reference=None) -> None:
+        self.encoder.write(rgb, regions, reference)
+
+    def quality(self) -> dict:
+        """ROI-PSNR and background PSNR of the decoded stream against the references (after close)."""
+        return self.meter.finish()
 
     def close(self) -> int:
         """Flush, move into place, return the size in bytes."""
@@ -444,14 +505,14 @@ class H264Writer:
             self.tmp.unlink()
 
 
-def encode_h264_bytes(frames, fps: float, crf: int, preset: str = "medium", rois=None,
-                      qoffset=0.0) -> tuple[int, list[np.ndarray]]:
+def encode_h264_bytes(frames, fps: float, crf: int, preset: str = "veryfast",
+                      regions=None) -> tuple[int, list[np.ndarray]]:
     """Encode frames with libx264 in memory (for evaluation): return (bitstream bytes, decoded RGB).
 
     Bytes are the H.264 payload (sum of packet sizes), not the mp4 file: the container's fixed
-    ~1 kB would otherwise swamp small clips. `rois` (one list of rectangles per frame) get x264
-    ROI quantiser offset `qoffset` (one number, or one per frame; see with_roi_offsets). One encoder thread, because x264's output depends
-    on its thread count, and the same frames must give the same bytes on every machine.
+    ~1 kB would otherwise swamp small clips. `regions`: per frame, x264 quantiser regions
+    (see with_roi_offsets). One encoder thread, because x264's output depends on its thread
+    count, and the same frames must give the same bytes on every machine.
     """
     import av
     h, w = frames[0].shape[:2]
@@ -459,11 +520,23 @@ def encode_h264_bytes(frames, fps: float, crf: int, preset: str = "medium", rois
     with av.open(buffer, mode="w", format="mp4") as container:
         encoder = _H264Stream(container, fps, crf, preset, threads=1)
         for i, f in enumerate(frames):
-            q = qoffset[i] if isinstance(qoffset, (list, tuple)) else qoffset
-            encoder.write(f, rois[i] if rois is not None else (), q)
+            encoder.write(f, regions[i] if regions is not None else ())
         encoder.flush()
         size = encoder.payload
     buffer.seek(0)
     with av.open(buffer, format="mp4") as c:
         decoded = [f.to_ndarray(format="rgb24")[:h, :w] for f in c.decode(video=0)]
     return size, decoded
+
+
+def measure_h264(frames, references, fps: float, crf: int, preset: str = "veryfast", regions=None) -> dict:
+    """Encode frames in memory as encode_h264_bytes does and measure what a decoder shows against
+    `references` ((RGB, ROI bool) per frame): {"bytes", "roi_psnr", "bg_psnr"}."""
+    import av
+    meter = QualityMeter()
+    with av.open(io.BytesIO(), mode="w", format="mp4") as container:
+        encoder = _H264Stream(container, fps, crf, preset, threads=1, meter=meter)
+        for i, (f, ref) in enumerate(zip(frames, references)):
+            encoder.write(f, regions[i] if regions is not None else (), ref)
+        encoder.flush()
+    return {"bytes": encoder.payload, **meter.finish()}

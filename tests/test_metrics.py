@@ -2,9 +2,10 @@
 import math
 
 import numpy as np
+import pytest
 
 import metrics
-from video_io import encode_h264_bytes, roi_rectangles
+from video_io import encode_h264_bytes, quant_regions, roi_rectangles
 
 
 def test_detection_f1_known_answers():
@@ -67,17 +68,48 @@ def test_roi_rectangles_cover_the_mask_on_the_macroblock_grid():
 
 
 def test_roi_offsets_reach_the_encoder():
-    """x264 gives the ROI macroblocks a lower quantiser: more bytes, better ROI quality, the rest equal."""
+    """x264 gives the ROI macroblocks a lower quantiser: more bytes, better ROI quality."""
     rng = np.random.default_rng(0)
     frames = [np.clip(rng.normal(128, 40, (128, 192, 3)), 0, 255).astype(np.uint8) for _ in range(6)]
-    rois = [[(32, 32, 64, 64)]] * len(frames)
+    regions = [[((32, 32, 64, 64), -0.3)]] * len(frames)
     plain, d0 = encode_h264_bytes(frames, 25, 30)
-    roi, d1 = encode_h264_bytes(frames, 25, 30, rois=rois, qoffset=-0.3)
+    roi, d1 = encode_h264_bytes(frames, 25, 30, regions=regions)
     ref, inside = np.stack(frames), np.zeros((6, 128, 192, 3), bool)
     inside[:, 32:96, 32:96] = True
     q0, q1 = (metrics.masked_psnr(np.stack(d), ref, inside) for d in (d0, d1))
     assert roi > 1.1 * plain and q1 > q0 + 1.0
-    assert encode_h264_bytes(frames, 25, 30, rois=[[]] * 6, qoffset=-0.3)[0] == plain  # no ROI: unchanged
+    assert encode_h264_bytes(frames, 25, 30, regions=[[]] * 6)[0] == plain  # no regions: unchanged
+
+
+def test_first_region_wins_so_objects_keep_their_quality_under_a_coarser_background():
+    """quant_regions lists the objects first: the frame-wide background offset does not reach them."""
+    rng = np.random.default_rng(0)
+    frames = [np.clip(rng.normal(128, 40, (128, 192, 3)), 0, 255).astype(np.uint8) for _ in range(6)]
+    inside = np.zeros((6, 128, 192, 3), bool)
+    inside[:, 32:96, 32:96] = True
+    regions = [quant_regions([(32, 32, 64, 64)], 0.0, 8 / 51, 192, 128)] * 6
+    plain, d0 = encode_h264_bytes(frames, 25, 30)
+    coarse, d1 = encode_h264_bytes(frames, 25, 30, regions=regions)
+    ref = np.stack(frames)
+    roi0, roi1 = (metrics.masked_psnr(np.stack(d), ref, inside) for d in (d0, d1))
+    bg0, bg1 = (metrics.masked_psnr(np.stack(d), ref, ~inside) for d in (d0, d1))
+    assert coarse < 0.5 * plain and bg1 < bg0 - 0.2 and abs(roi1 - roi0) < 0.1, (coarse, plain, roi0, roi1, bg0, bg1)
+
+
+def test_quality_meter_measures_the_stream_as_decoded():
+    """In-stream decoding gives the same PSNR as decoding the finished file."""
+    from video_io import measure_h264
+    rng = np.random.default_rng(1)
+    frames = [np.clip(rng.normal(128, 30, (64, 96, 3)), 0, 255).astype(np.uint8) for _ in range(10)]
+    roi = np.zeros((64, 96), bool)
+    roi[16:48, 16:48] = True
+    m = measure_h264(frames, [(f, roi) for f in frames], 25, 30)
+    size, decoded = encode_h264_bytes(frames, 25, 30)
+    ref, d = np.stack(frames), np.stack(decoded)
+    inside = np.repeat(np.broadcast_to(roi, (10, 64, 96))[..., None], 3, -1)
+    assert m["bytes"] == size
+    assert m["roi_psnr"] == pytest.approx(metrics.masked_psnr(d, ref, inside), abs=1e-3)
+    assert m["bg_psnr"] == pytest.approx(metrics.masked_psnr(d, ref, ~inside), abs=1e-3)
 
 
 def test_evaluate_refuses_crfs_it_cannot_use(capsys):
