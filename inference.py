@@ -338,6 +338,7 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
         "input": str(seq_path), "frames": n, "input_size": [reader.info.width, reader.info.height],
         "output_size": [reader.info.width // cfg.scale_factor, reader.info.height // cfg.scale_factor],
         "fps": reader.info.fps, "roi_source": source_used, "skipped_frames": reader.skipped,
+        "seg_imgsz": getattr(getattr(source, "segmenter", None), "imgsz", None),
         **measured, "encoder": asdict(cfg.enc), "background_crf": cfg.enc.crf + cfg.enc.max_delta,
         **writer.report(),
         "stage_fps": {k: (n / v if v > 0 else None) for k, v in seconds.items()},

@@ -12,6 +12,7 @@ builds one from the CLI flags and applies the offline policy:
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -51,7 +52,8 @@ def add_roi_args(p: argparse.ArgumentParser, default_source: str = "auto") -> No
     p.add_argument("--roi_classes", default=d.roi_classes, help="comma-separated COCO classes, or 'all'")
     p.add_argument("--conf", type=float, default=d.conf, help="YOLO confidence threshold")
     p.add_argument("--seg_imgsz", type=int, default=None,
-                   help="YOLO input size (default: the model's own when fixed, as in exported .onnx; else 640)")
+                   help="YOLO input size (default: an exported .onnx's fixed size; 640 for a .pt, Ultralytics' "
+                        "own; 320 is ~3x faster and finds less)")
     p.add_argument("--keyframe_interval", type=int, default=d.keyframe_interval,
                    help="run YOLO every N frames, flow-warp masks between")
     p.add_argument("--masks_dir", default=None, help="0/255 PNG masks named like the frames (--roi_source masks)")
@@ -114,6 +116,7 @@ def load_yolo(seg_model_path: str, task: str = "segment"):
         if path.name not in GITHUB_ASSETS_NAMES or not is_online():
             raise YoloUnavailable(f"{path}: YOLO segmentation weights not found"
                                   f"{'' if path.name not in GITHUB_ASSETS_NAMES else ' (offline: no download)'}; {YOLO_HELP}")
+    safe_ultralytics()
     level = LOGGER.level
     LOGGER.setLevel("ERROR")  # its download retries and warnings would bury our one-line message
     try:
@@ -121,11 +124,25 @@ def load_yolo(seg_model_path: str, task: str = "segment"):
         if path.suffix.lower() == ".onnx":
             model.fixed_imgsz = fixed_input_size(path)
         return model
-    except Exception as e:  # ConnectionError offline, RuntimeError/EOFError for a corrupt file, ...
-        reason = "could not be downloaded" if not path.is_file() else f"are unreadable ({type(e).__name__})"
-        raise YoloUnavailable(f"{path}: YOLO weights {reason}; {YOLO_HELP}") from None
+    except Exception as e:  # ConnectionError offline, a corrupt file, a pickle that would run code, ...
+        if not path.is_file():
+            raise YoloUnavailable(f"{path}: YOLO weights could not be downloaded; {YOLO_HELP}") from None
+        # the file is there but is not a model we load: an error, never a silent fallback
+        raise UserError(f"{path}: not a loadable YOLO model ({type(e).__name__}: refused or unreadable; only "
+                        f"plain Ultralytics checkpoints and exported .onnx files load, nothing that runs code); "
+                        f"pass another --seg_model_path") from None
     finally:
         LOGGER.setLevel(level)
+
+
+def safe_ultralytics() -> None:
+    """Make Ultralytics load every .pt with torch's weights_only unpickler and its allow-list of
+    model classes (ULTRALYTICS_SAFE_LOAD), whenever and by whom it was imported: a .pt that would
+    run code when unpickled is refused."""
+    os.environ["ULTRALYTICS_SAFE_LOAD"] = "1"
+    import ultralytics.nn.tasks as tasks
+    import ultralytics.utils
+    tasks.SAFE_LOAD = ultralytics.utils.SAFE_LOAD = True
 
 
 def class_ids(model, roi_classes: Optional[str]) -> Optional[list[int]]:

@@ -1,5 +1,6 @@
-"""The real COCO segmenter (int8 ONNX export of YOLOv8n-seg) on real footage (DAVIS-2016), from
-../shared beside the repo. A user's clone has no ../shared: these tests skip, saying why."""
+"""The real COCO segmenter on real footage (DAVIS-2016), from ../shared beside the repo: the float
+Ultralytics checkpoint users have (yolov8n-seg-dq.pt, the stand-in for yolov8n-seg.pt) and the int8
+ONNX export (the weak-detector case). A user's clone has no ../shared: these tests skip, saying why."""
 import json
 import shutil
 from pathlib import Path
@@ -13,8 +14,9 @@ from video_io import read_image_rgb
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SEG = SHARED / "models" / "yolov8n-seg_int8.onnx"
+PT = SHARED / "models" / "yolov8n-seg-dq.pt"
 DAVIS = SHARED / "data" / "davis2016"
-pytestmark = pytest.mark.skipif(not (SEG.is_file() and DAVIS.is_dir()),
+pytestmark = pytest.mark.skipif(not (SEG.is_file() and PT.is_file() and DAVIS.is_dir()),
                                 reason=f"real models and footage not found in {SHARED} (developers and CI only)")
 
 
@@ -72,3 +74,36 @@ def test_make_roi_source_uses_the_onnx_model():
     frame, truth = davis_frame("breakdance", 10)  # the dancer (spectators are people too, not annotated)
     assert used == "yolo" and ((source.mask(frame) > 0) & truth).sum() > 0.7 * truth.sum()
     assert np.isfinite(source.mask(frame)).all()
+
+
+@pytest.fixture(scope="module")
+def yolo_pt():
+    return load_yolo(str(PT))
+
+
+@pytest.mark.parametrize("seq, cls", [("horsejump-high", "person,horse"), ("drift-straight", "car"), ("libby", "dog")])
+def test_float_pt_segmenter_finds_the_annotated_object_at_its_default_size(yolo_pt, seq, cls):
+    frame, truth = davis_frame(seq)
+    seg = YoloSegmenter(yolo_pt, cls)
+    assert seg.imgsz == 640  # a .pt takes any size: Ultralytics' own default
+    mask = seg.segment(frame) > 0
+    assert iou(mask, truth) > 0.5, (seq, iou(mask, truth))
+    assert (mask & truth).sum() > 0.8 * truth.sum()
+
+
+def test_inference_with_the_float_pt_end_to_end(tmp_path):
+    """inference.py --seg_model_path yolov8n-seg-dq.pt on a real clip: the masks land on the object."""
+    clip = tmp_path / "libby"
+    clip.mkdir()
+    for i in range(10):
+        shutil.copy(DAVIS / "JPEGImages" / "480p" / "libby" / f"{i:05d}.jpg", clip)
+    out = tmp_path / "out"
+    code = inference.main(["--input_dir", str(clip), "--output_dir", str(out), "--seg_model_path", str(PT),
+                           "--keyframe_interval", "5"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["roi_source"] == "yolo" and report["frames"] == 10 and report["seg_imgsz"] == 640
+    for i in (0, 5, 7):  # keyframes and a flow-warped frame
+        soft = read_image_rgb(out / "masks" / f"{i:05d}.png")[..., 0] > 128
+        truth = davis_frame("libby", i)[1][::2, ::2][: soft.shape[0], : soft.shape[1]]
+        assert (soft & truth).sum() > 0.8 * truth.sum() and soft.mean() < 5 * truth.mean(), i
