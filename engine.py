@@ -8,6 +8,9 @@ result does not depend on the chunk size.
 from __future__ import annotations
 
 import os
+import queue
+import threading
+import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -98,3 +101,43 @@ def downsample(model: ROIDownsampler, frames, masks, batch: int = 8, with_masks:
     chunks = list(stream(model, zip(frames, masks), batch))
     images = [img for c in chunks for img in c.images]
     return (images, [m for c in chunks for m in c.softs]) if with_masks else images
+
+
+def prefetch(items: Iterable, depth: int = 8, waited: dict | None = None) -> Iterator:
+    """Iterate ``items`` on a worker thread, ``depth`` ahead: reading and the ROI detector run while
+    the network works on earlier frames (both release the GIL). An error in the worker is raised
+    here, where the item would have come; seconds spent waiting are added to waited["input"]."""
+    q: queue.Queue = queue.Queue(depth)
+    done, stop = object(), threading.Event()
+
+    def work():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("end", done))
+        except BaseException as e:  # handed to the consumer
+            q.put(("error", e))
+
+    thread = threading.Thread(target=work, daemon=True, name="input")
+    thread.start()
+    try:
+        while True:
+            t = time.perf_counter()
+            kind, value = q.get()
+            if waited is not None:
+                waited["input"] = waited.get("input", 0.0) + time.perf_counter() - t
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()

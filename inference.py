@@ -49,6 +49,7 @@ class InferenceConfig:
     checkpoint_path: Optional[str] = None  # None: models/roi_downsampler_x{s}.pth
     scale_factor: int = 2
     debug: bool = False
+    save_frames: bool = False
     roi: RoiOptions = field(default_factory=RoiOptions)
     background_strength: float = 1.0
     background_quality: float = DEFAULT_BACKGROUND_QUALITY
@@ -67,11 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input_dir", default=None, help="folder of frames, a video file, or a folder of sequences "
                    "(default: the embedded demo clip)")
-    p.add_argument("--output_dir", default=d.output_dir, help="where frames/, masks/, video.mp4, report.json go "
+    p.add_argument("--output_dir", default=d.output_dir, help="where video.mp4 and report.json (and frames/, masks/, debug/ on request) go "
                    "(a previous result there is replaced as a whole; other files there are an error)")
     p.add_argument("--checkpoint_path", default=None, help="trained .pth (default: models/roi_downsampler_x{s}.pth)")
     p.add_argument("--scale_factor", type=int, default=d.scale_factor, choices=[2, 4], help="downscale factor")
     p.add_argument("--debug", action="store_true", help="write debug/ side-by-sides and a parameter plot")
+    p.add_argument("--save_frames", action="store_true",
+                   help="also write every output frame and soft mask as PNG (frames/, masks/; ~20%% slower)")
     add_roi_args(p)
     p.add_argument("--background_strength", type=float, default=d.background_strength,
                    help="scale the learned background simplification and hold: 1 = as trained, 0 = plain area "
@@ -208,8 +211,9 @@ class OrderedWorker:
 class SequenceWriter:
     """The output contract of one sequence, a segment at a time: per segment the closed loop
     (rd_control) chooses the background (network or area) and how much coarser x264 codes it;
-    then PNG frames and masks, video.mp4, plain area downscaling at --crf for comparison (both
-    decoded as they are written and measured against area downscaling), and debug side-by-sides."""
+    then video.mp4, plain area downscaling at --crf for comparison (both decoded as they are
+    written and measured against area downscaling), PNG frames and masks on request, and debug
+    side-by-sides."""
 
     def __init__(self, out_dir: Path, fps: float, cfg: InferenceConfig):
         self.out_dir, self.cfg, self.fps = out_dir, cfg, fps
@@ -243,8 +247,9 @@ class SequenceWriter:
         for i, img, soft, area, frame, mask in self.pending:
             out, regions = rd_control.output_of(d.choice, img, area, soft)
             self.regions.append(regions)
-            write_png(self.out_dir / "frames" / frame_name(i), out)
-            write_png(self.out_dir / "masks" / frame_name(i), soft)
+            if self.cfg.save_frames:
+                write_png(self.out_dir / "frames" / frame_name(i), out)
+                write_png(self.out_dir / "masks" / frame_name(i), soft)
             reference = (area, rd_control.roi_of(soft))
             self.video.write(out, regions, reference)
             if self.area is not None:
@@ -305,12 +310,13 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
     t_start = time.perf_counter()
     try:
         with tqdm(total=reader.info.num_frames or None, desc=f"downsampling {seq_path.name}", unit="frame") as bar:
-            chunks = engine.stream(model, read_frames(reader, source, cfg.scale_factor, seconds, bar),
-                                   cfg.batch_size, device)
+            waited: dict = {}
+            chunks = engine.stream(model, engine.prefetch(read_frames(reader, source, cfg.scale_factor, seconds, bar),
+                                                          waited=waited), cfg.batch_size, device)
             while True:
                 t = time.perf_counter()
                 chunk = next(chunks, None)
-                seconds["downsample"] += time.perf_counter() - t  # read and segment are subtracted below
+                seconds["downsample"] += time.perf_counter() - t  # time waiting for input is subtracted below
                 if chunk is None:
                     break
                 for img, soft, params, (frame, mask) in zip(chunk.images, chunk.softs, chunk.params, chunk.inputs):
@@ -326,7 +332,7 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
             jobs.close()
         writer.abort()
         raise
-    seconds["downsample"] -= seconds["read"] + seconds["segment"]
+    seconds["downsample"] -= waited.get("input", 0.0)
     seconds["write"] += jobs.busy_seconds
     if n == 0:
         raise UserError(f"{seq_path}: no frame could be read")

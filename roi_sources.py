@@ -181,15 +181,17 @@ class YoloSegmenter:
         self.classes = class_ids(model, roi_classes)
 
     def segment(self, frame: np.ndarray) -> np.ndarray:
+        import torch
         from ultralytics.utils import LOGGER
         h, w = frame.shape[:2]
-        level = LOGGER.level
+        level, threads = LOGGER.level, torch.get_num_threads()
         LOGGER.setLevel("WARNING")  # its "Loading ... for ONNX Runtime" lines at the first call
         try:
             result = self.model.predict(frame[..., ::-1], imgsz=self.imgsz, conf=self.conf, classes=self.classes,
                                         device=self.device, verbose=False)[0]
         finally:
             LOGGER.setLevel(level)
+            torch.set_num_threads(threads)  # its first predict sets min(8, cores - 1): 1 thread on 2 cores
         mask = np.zeros((h, w), np.uint8)
         if result.masks is not None:
             for poly in result.masks.xy:

@@ -162,7 +162,7 @@ def run_inference(tmp_path, ckpt, name, *extra, scene=None):
             write_png(tmp_path / "masks" / f"{i:03d}.png", m * 255)
     out = tmp_path / name
     code = inference.main(["--input_dir", str(clip), "--output_dir", str(out), "--checkpoint_path", str(ckpt),
-                           "--roi_source", "masks", "--masks_dir", str(tmp_path / "masks"), *extra])
+                           "--roi_source", "masks", "--masks_dir", str(tmp_path / "masks"), "--save_frames", *extra])
     assert code == 0
     return json.loads((out / "report.json").read_text())
 

@@ -27,7 +27,7 @@ def run(args, capsys=None):
 
 
 def common(ckpt, out, extra=()):
-    return ["--output_dir", out, "--checkpoint_path", ckpt, "--roi_source", "masks", *extra]
+    return ["--output_dir", out, "--checkpoint_path", ckpt, "--roi_source", "masks", "--save_frames", *extra]
 
 
 def test_frame_folder_output_contract(tmp_path, frame_folder, ckpt):
@@ -50,6 +50,13 @@ def test_frame_folder_output_contract(tmp_path, frame_folder, ckpt):
     assert (soft[square] >= 250).all()  # the moving square is fully on the sharp path
 
 
+def test_default_output_is_the_video_and_its_report(tmp_path, frame_folder, ckpt):
+    out = tmp_path / "out"
+    code, _ = run(["--input_dir", frame_folder, "--output_dir", out, "--checkpoint_path", ckpt,
+                   "--roi_source", "motion"])
+    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["report.json", "video.mp4"]
+
+
 def test_odd_size_video_input_and_fps(tmp_path, ckpt):
     frames, _ = moving_square_frames(n=5, h=47, w=65)
     w = H264Writer(tmp_path / "in.mp4", fps=10)
@@ -58,7 +65,7 @@ def test_odd_size_video_input_and_fps(tmp_path, ckpt):
     w.close()  # the mp4 pads to 66x48
     out = tmp_path / "out"
     code, _ = run(["--input_dir", tmp_path / "in.mp4", "--output_dir", out, "--checkpoint_path", ckpt,
-                   "--roi_source", "motion", "--scale_factor", "2"])
+                   "--roi_source", "motion", "--scale_factor", "2", "--save_frames"])
     assert code == 0
     assert read_image_rgb(out / "frames" / "00000.png").shape == (24, 33, 3)
     assert FrameReader(out / "video.mp4").info.fps == pytest.approx(10)
@@ -71,7 +78,8 @@ def test_folder_of_sequences_gets_one_subfolder_each(tmp_path, ckpt):
         for i, f in enumerate(frames):
             write_png(root / name / f"{i}.png", f)
     out = tmp_path / "out"
-    assert run(["--input_dir", root, "--output_dir", out, "--checkpoint_path", ckpt, "--roi_source", "motion"])[0] == 0
+    assert run(["--input_dir", root, "--output_dir", out, "--checkpoint_path", ckpt, "--roi_source", "motion",
+                "--save_frames"])[0] == 0
     assert len(list((out / "a" / "frames").iterdir())) == 3 and (out / "b" / "report.json").exists()
 
 

@@ -96,18 +96,20 @@ def test_first_region_wins_so_objects_keep_their_quality_under_a_coarser_backgro
     assert coarse < 0.5 * plain and bg1 < bg0 - 0.2 and abs(roi1 - roi0) < 0.1, (coarse, plain, roi0, roi1, bg0, bg1)
 
 
-def test_quality_meter_measures_the_stream_as_decoded():
-    """In-stream decoding gives the same PSNR as decoding the finished file."""
-    from video_io import measure_h264
+def test_quality_meter_measures_the_stream_as_decoded(tmp_path):
+    """In-stream decoding gives the same PSNR as decoding the finished file (odd size included)."""
+    from video_io import FrameReader, H264Writer
     rng = np.random.default_rng(1)
-    frames = [np.clip(rng.normal(128, 30, (64, 96, 3)), 0, 255).astype(np.uint8) for _ in range(10)]
-    roi = np.zeros((64, 96), bool)
+    frames = [np.clip(rng.normal(128, 30, (63, 97, 3)), 0, 255).astype(np.uint8) for _ in range(10)]
+    roi = np.zeros((63, 97), bool)
     roi[16:48, 16:48] = True
-    m = measure_h264(frames, [(f, roi) for f in frames], 25, 30)
-    size, decoded = encode_h264_bytes(frames, 25, 30)
-    ref, d = np.stack(frames), np.stack(decoded)
-    inside = np.repeat(np.broadcast_to(roi, (10, 64, 96))[..., None], 3, -1)
-    assert m["bytes"] == size
+    w = H264Writer(tmp_path / "v.mp4", 25, crf=30, measure=True)
+    for f in frames:
+        w.write(f, (), (f, roi))
+    w.close()
+    m = w.quality()
+    ref, d = np.stack(frames), np.stack([f[:63, :97] for f in FrameReader(tmp_path / "v.mp4")])
+    inside = np.repeat(np.broadcast_to(roi, (10, 63, 97))[..., None], 3, -1)
     assert m["roi_psnr"] == pytest.approx(metrics.masked_psnr(d, ref, inside), abs=1e-3)
     assert m["bg_psnr"] == pytest.approx(metrics.masked_psnr(d, ref, ~inside), abs=1e-3)
 

@@ -58,7 +58,7 @@ def test_inference_with_the_real_segmenter_end_to_end(tmp_path):
         shutil.copy(DAVIS / "JPEGImages" / "480p" / "breakdance" / f"{i:05d}.jpg", clip)
     out = tmp_path / "out"
     code = inference.main(["--input_dir", str(clip), "--output_dir", str(out), "--roi_source", "yolo",
-                           "--seg_model_path", str(SEG), "--keyframe_interval", "2"])
+                           "--seg_model_path", str(SEG), "--keyframe_interval", "2", "--save_frames"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["roi_source"] == "yolo" and report["frames"] == 6
@@ -99,7 +99,7 @@ def test_inference_with_the_float_pt_end_to_end(tmp_path):
         shutil.copy(DAVIS / "JPEGImages" / "480p" / "libby" / f"{i:05d}.jpg", clip)
     out = tmp_path / "out"
     code = inference.main(["--input_dir", str(clip), "--output_dir", str(out), "--seg_model_path", str(PT),
-                           "--keyframe_interval", "5"])
+                           "--keyframe_interval", "5", "--save_frames"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["roi_source"] == "yolo" and report["frames"] == 10 and report["seg_imgsz"] == 640

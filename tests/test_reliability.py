@@ -47,8 +47,8 @@ def clip_folder(root, n=30, h=48, w=64):
 def test_rerun_into_its_own_result_refuses_and_keeps_the_input(tmp_path, ckpt, capsys):
     clip, _ = clip_folder(tmp_path, n=6)
     out = tmp_path / "demo"
-    assert run(["--input_dir", clip, "--output_dir", out, "--checkpoint_path", ckpt, "--roi_source", "motion"],
-               capsys)[0] == 0
+    assert run(["--input_dir", clip, "--output_dir", out, "--checkpoint_path", ckpt, "--roi_source", "motion",
+                "--save_frames"], capsys)[0] == 0
     before = checksums(out)
     # re-downscale an earlier result, naturally written into the same folder: must not eat its input
     code, err = run(["--input_dir", out / "frames", "--output_dir", out, "--checkpoint_path", ckpt,
@@ -121,7 +121,7 @@ def test_an_error_midway_leaves_nothing(tmp_path, ckpt, capsys, case):
 def test_a_second_run_replaces_the_first_as_a_whole(tmp_path, ckpt, capsys):
     clip, _ = clip_folder(tmp_path, n=12)
     out = tmp_path / "out"
-    args = ["--output_dir", out, "--checkpoint_path", ckpt, "--roi_source", "motion"]
+    args = ["--output_dir", out, "--checkpoint_path", ckpt, "--roi_source", "motion", "--save_frames"]
     assert run(["--input_dir", clip, *args], capsys)[0] == 0
     for p in sorted(clip.iterdir())[5:]:
         p.unlink()
@@ -184,7 +184,7 @@ def test_masks_stay_with_their_frames_when_a_frame_is_skipped(tmp_path, ckpt, ca
     (clip / "003.png").write_bytes(b"broken")
     out = tmp_path / "out"
     code, _ = run(["--input_dir", clip, "--output_dir", out, "--checkpoint_path", ckpt, "--roi_source", "masks",
-                   "--masks_dir", masks, "--skip_bad_frames"], capsys)
+                   "--masks_dir", masks, "--skip_bad_frames", "--save_frames"], capsys)
     assert code == 0
     soft = read_image_rgb(out / "masks" / "00003.png")[..., 0] > 128  # output 3 is input frame 004
     truth = read_image_rgb(masks / "004.png")[::2, ::2, 0] > 0
