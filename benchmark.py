@@ -1,15 +1,16 @@
 """Speed and memory numbers the issues ask for, measured on this machine and printed.
 
     python benchmark.py network        # params, ms per 1280x720 frame at x2 vs cv2 INTER_AREA
-    python benchmark.py pipeline       # end-to-end frames/s at 720p x2: motion ROI; YOLO (.pt architecture and
-                                       # the int8 ONNX segmenter of ../shared when present) at k=1 and k=5
+    python benchmark.py pipeline       # frames/s at 720p x2 with all defaults: motion ROI; the float YOLO .pt at
+                                       # k=1 and k=5; the int8 ONNX segmenter at k=5 -- then the whole-process
+                                       # wall time of inference.py on 300 frames beside area + x264
     python benchmark.py memory         # peak RSS of inference on a short and a 10x longer input
     python benchmark.py all
 
-YOLO timings use models/yolov8n-seg.pt, or the yolov8n-seg architecture built from its yaml when
-the weights are absent (random weights, the same cost per frame), and the int8 ONNX export in
-../shared/models when it is there. Every pipeline run writes all outputs with the defaults, the
-closed loop (rd_control) included; its share of the time is printed.
+The float segmenter is models/yolov8n-seg.pt, else ../shared/models/yolov8n-seg-dq.pt (the same
+network), else the yolov8n-seg architecture built from its yaml (random weights, the same cost);
+the int8 ONNX export is timed when ../shared has it. Every pipeline run writes what a default run
+writes (video.mp4, the area comparison, report.json), the closed loop included.
 """
 from __future__ import annotations
 
@@ -71,21 +72,62 @@ def _clip_720p(n: int) -> Path:
     return path
 
 
-def _segmenters() -> list[tuple[str, object]]:
-    """(label, loaded YOLO model) for every segmenter there is to time."""
+def float_segmenter() -> str:
+    """The float YOLOv8n-seg users have: models/yolov8n-seg.pt, its stand-in in ../shared, or
+    (same cost, random weights) the architecture from its yaml."""
+    import paths
+    for p in (REPO / "models" / "yolov8n-seg.pt", paths.SHARED_SEG_PT):
+        if p.is_file():
+            return str(p)
+    return "yolov8n-seg.yaml"
+
+
+def _segmenters() -> list[tuple[str, object, tuple]]:
+    """(label, loaded YOLO model, keyframe intervals) for every segmenter there is to time."""
+    import paths
     from roi_sources import load_yolo
-    found = []
-    seg = REPO / "models" / "yolov8n-seg.pt"
-    try:
-        found.append(("yolov8n-seg.pt", load_yolo(str(seg))))
-    except Exception:
-        found.append(("yolov8n-seg.yaml (random weights, the .pt's cost)", load_yolo("yolov8n-seg.yaml")))
-    onnx = REPO.parent / "shared" / "models" / "yolov8n-seg_int8.onnx"
-    if onnx.is_file():
-        found.append(("yolov8n-seg_int8.onnx (input 320)", load_yolo(str(onnx))))
+    pt = float_segmenter()
+    found = [(f"{Path(pt).name} (float, input 640)", load_yolo(pt), (1, 5))]
+    if paths.SHARED_SEG_ONNX.is_file():
+        found.append(("yolov8n-seg_int8.onnx (input 320)", load_yolo(str(paths.SHARED_SEG_ONNX)), (5,)))
     else:
-        print(f"note: {onnx} not found: the int8 ONNX segmenter is not timed")
+        print(f"note: {paths.SHARED_SEG_ONNX} not found: the int8 ONNX segmenter is not timed")
     return found
+
+
+def _timed_process(args: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of one child process."""
+    code = (f"import resource, runpy, sys\nsys.argv = {args!r}\n"
+            "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    t = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    wall = time.perf_counter() - t
+    peak = [l for l in res.stdout.splitlines() if l.startswith("PEAK")]
+    if res.returncode or not peak:
+        print(res.stderr[-2000:])
+        raise SystemExit(f"benchmark process failed: {' '.join(args)}")
+    return wall, int(peak[0].split()[1]) / 1024
+
+
+AREA_X264 = REPO / "area_x264.py"
+
+
+def bench_whole_process(threads: int = 2, frames: int = 300):
+    """inference.py as a user runs it (all defaults, .pt segmenter, k=5) against plain area
+    downscaling + x264 at the same preset and CRF (docs/area_x264.py, PyAV), both whole processes."""
+    from rd_control import EncoderOptions
+    clip = _clip_720p(frames)
+    enc = EncoderOptions()
+    with tempfile.TemporaryDirectory() as out:
+        ours = _timed_process(["inference.py", "--input_dir", str(clip), "--output_dir", f"{out}/ours",
+                               "--seg_model_path", float_segmenter(), "--roi_source", "yolo",
+                               "--keyframe_interval", "5", "--threads", str(threads)])
+        area = _timed_process([str(AREA_X264), str(clip), f"{out}/area.mp4", "2", str(enc.crf), enc.preset])
+    print(f"whole process, {frames} frames 1280x720 x2, {threads} threads: inference.py {ours[0]:.1f} s "
+          f"(peak {ours[1]:.0f} MB) vs area + x264 ({enc.preset}, CRF {enc.crf}) {area[0]:.1f} s "
+          f"(peak {area[1]:.0f} MB): ratio {ours[0] / area[0]:.1f}")
 
 
 def bench_pipeline(threads: int = 2, frames: int = 100, extra: tuple = ()):
@@ -94,7 +136,7 @@ def bench_pipeline(threads: int = 2, frames: int = 100, extra: tuple = ()):
     torch.set_num_threads(threads)
     clip = _clip_720p(frames)
     cases = [("motion ROI", None, 1)] + [(f"YOLO {label}, keyframe interval {k}", model, k)
-                                         for label, model in _segmenters() for k in (1, 5)]
+                                         for label, model, ks in _segmenters() for k in ks]
     for name, yolo, k in cases:
         with tempfile.TemporaryDirectory() as out:
             cfg = inference.config_from_args(inference.build_parser().parse_args(
@@ -106,7 +148,7 @@ def bench_pipeline(threads: int = 2, frames: int = 100, extra: tuple = ()):
         print(f"pipeline 1280x720 x2, {threads} threads, {name}: {report['overall_fps']:.1f} frames/s "
               f"(stages frames/s: {stages}; closed loop {loop:.2f} s = {100 * loop / report['seconds']:.0f}% of "
               f"{report['seconds']:.1f} s; video.mp4 {report['video_bytes']} B"
-              + (f" = {report['bytes_vs_area_pct']:+.1f}% vs area)" if report["bytes_vs_area_pct"] is not None else ")"))
+              + (f" = {report['bytes_vs_area_pct']:+.1f}% vs area)" if "bytes_vs_area_pct" in report else ")"))
 
 
 def bench_memory(threads: int = 2):
@@ -130,11 +172,15 @@ def main():
     p.add_argument("what", nargs="?", default="all", choices=["network", "pipeline", "memory", "all"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--frames", type=int, default=100, help="pipeline: frames of the 720p clip")
+    p.add_argument("--whole_frames", type=int, default=300, help="pipeline: frames of the whole-process comparison")
     a, extra = p.parse_known_args()  # pipeline: anything else goes to inference.py (e.g. --rd_control off)
+    if a.threads < 1 or a.frames < 1 or a.whole_frames < 1:
+        p.error("--threads, --frames and --whole_frames must be >= 1")
     if a.what in ("network", "all"):
         bench_network(a.threads)
     if a.what in ("pipeline", "all"):
         bench_pipeline(a.threads, a.frames, tuple(extra))
+        bench_whole_process(a.threads, a.whole_frames)
     if a.what in ("memory", "all"):
         bench_memory(a.threads)
 
