@@ -35,7 +35,7 @@ import rd_control
 from rd_control import EncoderOptions, add_encoder_args, encoder_options
 from roi_downsampler import DEFAULT_BACKGROUND_QUALITY, DownsamplerConfig, ROIDownsampler
 from roi_sources import RoiOptions, add_roi_args, make_roi_source, roi_options
-from video_io import (FrameReader, H264Writer, ResultFolder, atomic_write_bytes, crop_to_multiple, frame_name,
+from video_io import (FrameReader, H264Writer, ResultFolder, atomic_write_bytes, check_apart, crop_to_multiple, frame_name,
                       is_video_file, list_frame_files, write_png)
 
 REPO = Path(__file__).resolve().parent
@@ -153,17 +153,6 @@ def find_sequences(input_path: Path) -> list[tuple[str, Path]]:
         if subs:
             return [(name, p) for name, p in names.items()]
     return [("", input_path)]  # let FrameReader produce the precise error
-
-
-def check_no_overlap(output_dir: Path, input_path: Path) -> None:
-    """Outputs never go into, over, or around the input (resolved paths, symlinks followed)."""
-    out, inp = output_dir.resolve(), input_path.resolve()
-    if out == inp or inp in out.parents:
-        raise UserError(f"--output_dir {output_dir} is inside the input {input_path}; inputs are never "
-                        f"written to, choose another folder (e.g. output/run1)")
-    if out in inp.parents:
-        raise UserError(f"--input_dir {input_path} is inside --output_dir {output_dir}, which would be replaced; "
-                        f"choose another --output_dir (e.g. {output_dir}_x{2})")
 
 
 @contextmanager
@@ -375,7 +364,9 @@ def run(cfg: InferenceConfig, roi_factory=None) -> list[dict]:
     if not input_path.exists():
         raise UserError(f"--input_dir {input_path}: no such file or folder")
     output_dir = Path(cfg.output_dir)
-    check_no_overlap(output_dir, input_path)
+    check_apart(output_dir, "--output_dir", {"--input_dir": input_path, "--masks_dir": cfg.roi.masks_dir,
+                                             "--checkpoint_path": cfg.checkpoint_path,
+                                             "--seg_model_path": cfg.roi.seg_model_path})
     sequences = find_sequences(input_path)
     device = engine.pick_device(cfg.device)
     model, ckpt_name = load_downsampler(cfg)

@@ -239,22 +239,51 @@ def atomic_write_bytes(path, data: bytes) -> None:
         raise
 
 
-CONTRACT_NAMES = {"frames", "masks", "video.mp4", "report.json", "debug"}
+MARKER = ".roi_downsampler_result"  # inside every result: the files this tool wrote there, one per line
+
+
+def written_files(folder: Path) -> set[str]:
+    """Every file under folder, hidden ones included, relative to it."""
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir()}
 
 
 def is_result_folder(folder: Path) -> bool:
-    """A folder inference.py wrote: only contract files, or subfolders that are results themselves."""
-    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
-    return all(p.name in CONTRACT_NAMES or (p.is_dir() and is_result_folder(p)) for p in entries)
+    """A folder this tool wrote and nobody added to since: our marker lists every file in it.
+    Names alone prove nothing (a dataset has frames/ and masks/ too)."""
+    marker = folder / MARKER
+    if not marker.is_file():
+        return False
+    try:
+        ours = set(marker.read_text().splitlines())
+    except (OSError, UnicodeDecodeError):
+        return False
+    return written_files(folder) <= ours | {MARKER}
+
+
+def check_apart(output, flag: str, inputs: dict) -> None:
+    """An output never goes into, over, or around any input (resolved paths, symlinks followed):
+    inputs maps a flag (e.g. "--masks_dir") to its path, None when not given."""
+    out = Path(output).resolve()
+    for name, path in inputs.items():
+        if path is None or not str(path):
+            continue
+        inp = Path(path).resolve()
+        if out == inp or inp in out.parents:
+            raise UserError(f"{flag} {output} is inside {name} {path}; inputs are never written to, choose "
+                            f"another {flag} (e.g. output/run1)")
+        if out in inp.parents:
+            raise UserError(f"{name} {path} is inside {flag} {output}, which this run writes; choose another "
+                            f"{flag} (e.g. output/run1)")
 
 
 class ResultFolder:
     """Build a result in a hidden sibling folder and move it into place on commit(), so the final
-    folder holds a complete result or nothing new (error, Ctrl-C, SIGTERM: the temp is removed).
+    folder holds a complete result or nothing new (error, Ctrl-C, SIGTERM: the temp is removed;
+    after a kill, the next run into the same folder removes what was left).
 
-    An existing folder is replaced as a whole only when it is a previous result (contract files
-    only); anything else there is an error, never deleted. A lock file refuses a second run into
-    the same folder while the first is writing."""
+    An existing folder is replaced as a whole only when it is an earlier result that nobody added
+    to (see is_result_folder); an empty folder is used; anything else is an error and is never
+    touched. A lock file refuses a second run into the same folder while the first is writing."""
 
     def __init__(self, final, flag: str = "--output_dir"):
         self.final, self.flag = Path(final), flag
@@ -266,28 +295,43 @@ class ResultFolder:
         final = self.final
         if final.exists() and not final.is_dir():
             raise UserError(f"{self.flag} {final}: is a file, not a folder; choose another {self.flag}")
-        if final.is_dir() and not is_result_folder(final):
-            raise UserError(f"{self.flag} {final}: holds files that are not an earlier result; choose an empty or "
-                            f"new folder (an earlier result there is replaced as a whole)")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        self.lock = open(final.parent / f".{final.name}.lock", "w")
+        if final.is_dir() and any(final.iterdir()) and not is_result_folder(final):
+            raise UserError(f"{self.flag} {final}: holds files this tool did not write; choose an empty or new "
+                            f"folder (an earlier result there is replaced as a whole)")
+        # temp folder and lock beside the nearest folder that exists: missing parents are made only
+        # when the result is complete, so an error leaves no empty folders behind
+        self.base = next(p for p in final.absolute().parents if p.is_dir())
+        self.stem = "_".join(final.absolute().relative_to(self.base).parts)
+        self.lock = open(self.base / f".{self.stem}.lock", "w")
         try:
             fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.lock.close()
             raise UserError(f"{self.flag} {final}: another run is writing there; wait for it or choose "
                             f"another folder") from None
-        self.path = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+        self._remove_leftovers()
+        self.path = Path(tempfile.mkdtemp(dir=self.base, prefix=f".{self.stem}.partial-"))
         os.chmod(self.path, 0o777 & ~_UMASK)
         return self
 
-    def commit(self) -> None:
-        """Swap the finished temp folder into place (an earlier result is removed after the swap)."""
+    def _remove_leftovers(self) -> None:
+        """Temp folders of a run into this folder that was killed: nobody else holds the lock."""
         import shutil
+        for prefix in (".partial-", ".old-"):
+            for p in self.base.glob(f".{glob_escape(self.stem)}{prefix}*"):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+
+    def commit(self) -> None:
+        """Mark the finished temp folder as ours and swap it into place (an earlier result is
+        removed after the swap)."""
+        import shutil
+        atomic_write_bytes(self.path / MARKER, "\n".join(sorted(written_files(self.path))).encode())
         old = None
         if self.final.exists():
-            old = Path(tempfile.mkdtemp(dir=self.final.parent, prefix=f".{self.final.name}.old-"))
+            old = Path(tempfile.mkdtemp(dir=self.base, prefix=f".{self.stem}.old-"))
             os.replace(self.final, old / "result")
+        self.final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path, self.final)
         self.path = None
         if old is not None:
@@ -300,6 +344,11 @@ class ResultFolder:
         if self.lock is not None:
             self.lock.close()
             Path(self.lock.name).unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    import glob
+    return glob.escape(name)
 
 
 def write_png(path, image: np.ndarray) -> None:

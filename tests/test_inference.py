@@ -54,7 +54,7 @@ def test_default_output_is_the_video_and_its_report(tmp_path, frame_folder, ckpt
     out = tmp_path / "out"
     code, _ = run(["--input_dir", frame_folder, "--output_dir", out, "--checkpoint_path", ckpt,
                    "--roi_source", "motion"])
-    assert code == 0 and sorted(p.name for p in out.iterdir()) == ["report.json", "video.mp4"]
+    assert code == 0 and sorted(p.name for p in out.iterdir()) == [".roi_downsampler_result", "report.json", "video.mp4"]
 
 
 def test_odd_size_video_input_and_fps(tmp_path, ckpt):
