@@ -159,7 +159,8 @@ def build_parser():
     p.add_argument("--dataset_path", default=None,
                    help="training data (default: the checkpoint's own, with its ROI source and validation split)")
     p.add_argument("--run_dir", default=None,
-                   help="where the detector masks are cached (default: the checkpoint's training --output_dir)")
+                   help="where the detector masks are cached (default: .cache/calibration; pass the training "
+                        "--output_dir to reuse its cache -- a checkpoint never decides where we write)")
     p.add_argument("--output_path", default=None, help="where to write (default: overwrite --checkpoint_path)")
     p.add_argument("--clip_length", type=int, default=40)
     p.add_argument("--threads", type=int, default=None)
@@ -170,6 +171,7 @@ def run(args) -> int:
     import demo_data
     if args.threads:
         torch.set_num_threads(args.threads)
+    checkpoint.check_writable(args.output_path or args.checkpoint_path, "--output_path")
     model, ckpt = checkpoint.load_model(args.checkpoint_path)
     model.set_background_floor(DEFAULT_BACKGROUND_QUALITY)  # judged as inference runs it by default
     s = model.scale_factor
@@ -177,7 +179,7 @@ def run(args) -> int:
     train_args.setdefault("dataset_path", str(demo_data.training_set()))
     if args.dataset_path:
         train_args["dataset_path"] = args.dataset_path
-    run_dir = Path(args.run_dir or train_args.get("output_dir") or demo_data.CACHE / "calibration")
+    run_dir = Path(args.run_dir or demo_data.CACHE / "calibration")
     clips = calibration_clips(training_sequences(train_args, run_dir), s, args.clip_length)
     refs, feats = [], []
     for clip in tqdm(clips, desc="x264, area reference", unit="clip"):

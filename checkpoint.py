@@ -22,7 +22,7 @@ from video_io import atomic_write_bytes
 FORMAT = "roi-downsampler"
 VERSION = 2            # 2: background gate in the sequence analyser
 FORMAT_KEYS = ("format", "format_version", "config", "scale_factor", "model")  # written by save(), not by callers
-RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "epoch", "step", "best_score")  # only --resume needs these
+RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "epoch", "step", "best_score", "partial")  # only --resume needs these
 _NOT_SAVED = ("analyzer.low", "analyzer.high")  # derived buffers that format v1 still stored
 REPO = Path(__file__).resolve().parent
 

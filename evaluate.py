@@ -43,7 +43,7 @@ from errors import UserError, run_cli, warn
 from roi_downsampler import DEFAULT_BACKGROUND_QUALITY
 from rd_control import add_encoder_args, encoder_options
 from roi_sources import RoiOptions, add_roi_args, load_yolo, make_roi_source, roi_options
-from video_io import FrameReader, atomic_write_bytes, crop_to_multiple, roi_rectangles
+from video_io import FrameReader, atomic_write_bytes, check_apart, crop_to_multiple, roi_rectangles
 
 DEFAULT_CRFS = (18, 23, 28, 33, 38)
 ALL_METHODS = ("model", "network", "area", "area+roi_qp", "bicubic", "lanczos", "blur_heuristic")
@@ -92,7 +92,7 @@ class Detector:
     """A COCO detector (Ultralytics .pt or exported .onnx) as the analytics user runs it."""
 
     def __init__(self, path: str):
-        self.model = load_yolo(path, task="detect")
+        self.model = load_yolo(path, task="detect", flag="--detector_path")
         self.imgsz = getattr(self.model, "fixed_imgsz", None) or 640
 
     def __call__(self, frame: np.ndarray) -> list:
@@ -419,8 +419,8 @@ def run(args) -> int:
     if bad:
         raise UserError(f"--methods: unknown {', '.join(sorted(bad))}; choose from {', '.join(ALL_METHODS)}")
     crfs = parse_crfs(args.crfs)
-    if args.det_every < 1:
-        raise UserError(f"--det_every must be >= 1, got {args.det_every}")
+    if args.det_every < 1 or args.max_frames < 1:
+        raise UserError(f"--det_every and --max_frames must be >= 1, got {args.det_every}, {args.max_frames}")
     model = None
     if "model" in methods:
         ckpt = args.checkpoint_path or checkpoint.default_path(args.scale_factor)
@@ -448,6 +448,10 @@ def run(args) -> int:
     for n in notes:
         warn(n)
     out_dir = Path(args.output_dir)
+    check_apart(out_dir, "--output_dir", {"--input": args.input, "--gt_masks": args.gt_masks,
+                                          "--masks_dir": opts.masks_dir, "--checkpoint_path": args.checkpoint_path,
+                                          "--detector_path": args.detector_path, "--seg_model_path": opts.seg_model_path,
+                                          **{f"suite clip {n}": p for n, p, _, _ in (jobs if args.suite else [])}})
     results, tables = {}, []
     for name, path, gt_dir, seg in jobs:
         frames, names, fps = load_clip(path, args.scale_factor, args.max_frames)

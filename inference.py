@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import queue
 import sys
 import threading
@@ -108,8 +109,9 @@ def check_config(cfg: InferenceConfig) -> None:
         raise UserError(f"--batch_size must be >= 1, got {cfg.batch_size}")
     if cfg.fps is not None and not (math.isfinite(cfg.fps) and cfg.fps > 0):
         raise UserError(f"--fps must be a positive number of frames per second, got {cfg.fps}")
-    if cfg.threads is not None and cfg.threads < 1:
-        raise UserError(f"--threads must be >= 1, got {cfg.threads}")
+    if cfg.threads is not None and not 1 <= cfg.threads <= 4 * (os.cpu_count() or 1):
+        raise UserError(f"--threads must be in 1..{4 * (os.cpu_count() or 1)} (4x this machine's cores), "
+                        f"got {cfg.threads}")
     if cfg.debug_every < 1:
         raise UserError(f"--debug_every must be >= 1, got {cfg.debug_every}")
     if not 0.0 <= cfg.background_strength <= 1.0:

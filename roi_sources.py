@@ -23,7 +23,7 @@ import numpy as np
 from errors import UserError, warn
 from video_io import IMAGE_EXTS, list_frame_files
 
-DEFAULT_SEG_MODEL = "models/yolov8n-seg.pt"
+DEFAULT_SEG_MODEL = str(Path(__file__).resolve().parent / "models" / "yolov8n-seg.pt")  # in the clone, from anywhere
 DEFAULT_ROI_CLASSES = "person,bicycle,car,motorcycle,bus,truck,cat,dog"
 YOLO_HELP = ("download yolov8n-seg.pt from the Ultralytics assets release into models/ "
              "(or pass --seg_model_path, .pt or exported .onnx), or use --roi_source motion")
@@ -60,21 +60,35 @@ def add_roi_args(p: argparse.ArgumentParser, default_source: str = "auto") -> No
 
 
 def roi_options(args) -> RoiOptions:
-    """The RoiOptions part of a parsed Namespace (or any object with those attributes)."""
-    return RoiOptions(**{k: getattr(args, k) for k in RoiOptions.__dataclass_fields__})
+    """The RoiOptions part of a parsed Namespace (or any object with those attributes), checked."""
+    return check_roi_options(RoiOptions(**{k: getattr(args, k) for k in RoiOptions.__dataclass_fields__}))
 
 
-def fixed_input_size(path: Path) -> Optional[int]:
-    """The square input size an exported .onnx model was fixed to (None when dynamic or not onnx)."""
-    if path.suffix.lower() != ".onnx":
-        return None
+def check_roi_options(opts: RoiOptions) -> RoiOptions:
+    """One-line errors for ROI flags that could only fail later."""
+    if opts.roi_source not in ROI_SOURCES:
+        raise UserError(f"--roi_source {opts.roi_source}: choose one of {', '.join(ROI_SOURCES)}")
+    if not 0 < opts.conf <= 1:  # also false for nan
+        raise UserError(f"--conf must be a confidence in (0, 1], got {opts.conf}")
+    if opts.seg_imgsz is not None and not 32 <= opts.seg_imgsz <= 4096:
+        raise UserError(f"--seg_imgsz must be in 32..4096 pixels, got {opts.seg_imgsz}")
+    if opts.keyframe_interval < 1:
+        raise UserError(f"--keyframe_interval must be >= 1, got {opts.keyframe_interval}")
+    return opts
+
+
+def onnx_signature(path: Path) -> tuple[Optional[int], int]:
+    """(the square input size an exported .onnx model was fixed to or None, its number of outputs:
+    2 for a segmenter, 1 for a detector); UserError when it is not an ONNX model at all."""
     try:
         import onnxruntime as ort
-        shape = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0].shape
-    except Exception:
-        return None
-    h, w = shape[-2:]
-    return int(max(h, w)) if isinstance(h, int) and isinstance(w, int) else None
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise UserError(f"{path}: not a loadable ONNX model ({type(e).__name__}); pass an Ultralytics export "
+                        f"(yolo export format=onnx) or a .pt") from None
+    h, w = session.get_inputs()[0].shape[-2:]
+    size = int(max(h, w)) if isinstance(h, int) and isinstance(w, int) else None
+    return size, len(session.get_outputs())
 
 
 COCO_NAMES = (
@@ -91,7 +105,7 @@ class YoloUnavailable(UserError):
     """YOLO weights missing or unloadable (offline, wrong path, corrupt file)."""
 
 
-def load_yolo(seg_model_path: str, task: str = "segment"):
+def load_yolo(seg_model_path: str, task: str = "segment", flag: str = "--seg_model_path"):
     """Load an Ultralytics YOLO model (.pt, exported .onnx, or .yaml); YoloUnavailable with the fix
     if it cannot. ``task`` is "segment" for ROI masks, "detect" for the evaluation's detector.
 
@@ -117,22 +131,31 @@ def load_yolo(seg_model_path: str, task: str = "segment"):
             raise YoloUnavailable(f"{path}: YOLO segmentation weights not found"
                                   f"{'' if path.name not in GITHUB_ASSETS_NAMES else ' (offline: no download)'}; {YOLO_HELP}")
     safe_ultralytics()
+    if path.suffix.lower() == ".onnx":
+        fixed, outputs = onnx_signature(path)
+        if outputs != {"segment": 2, "detect": 1}[task]:
+            kind = {2: "a segmentation", 1: "a detection"}.get(outputs, f"a {outputs}-output")
+            raise UserError(f"{path}: {kind} model, but a {task} model is needed for {flag}; pass a YOLO "
+                            f"{'segmentation (-seg)' if task == 'segment' else 'detection'} model")
     level = LOGGER.level
     LOGGER.setLevel("ERROR")  # its download retries and warnings would bury our one-line message
     try:
         model = YOLO(str(path), task=task)
         if path.suffix.lower() == ".onnx":
-            model.fixed_imgsz = fixed_input_size(path)
-        return model
+            model.fixed_imgsz = fixed
     except Exception as e:  # ConnectionError offline, a corrupt file, a pickle that would run code, ...
         if not path.is_file():
             raise YoloUnavailable(f"{path}: YOLO weights could not be downloaded; {YOLO_HELP}") from None
         # the file is there but is not a model we load: an error, never a silent fallback
         raise UserError(f"{path}: not a loadable YOLO model ({type(e).__name__}: refused or unreadable; only "
                         f"plain Ultralytics checkpoints and exported .onnx files load, nothing that runs code); "
-                        f"pass another --seg_model_path") from None
+                        f"pass another {flag}") from None
     finally:
         LOGGER.setLevel(level)
+    if path.suffix.lower() == ".pt" and getattr(model, "task", task) != task:
+        raise UserError(f"{path}: a {model.task} model, but a {task} model is needed for {flag}; pass a YOLO "
+                        f"{'segmentation (-seg)' if task == 'segment' else 'detection'} model")
+    return model
 
 
 def safe_ultralytics() -> None:

@@ -34,7 +34,8 @@ from engine import pick_device, tensor_to_frames
 from errors import UserError, run_cli, warn
 from roi_downsampler import DEFAULT_BACKGROUND_QUALITY, DownsamplerConfig, ROIDownsampler
 from roi_sources import (DEFAULT_ROI_CLASSES, DEFAULT_SEG_MODEL, KeyframeSource, MotionSource, YoloSegmenter,
-                         YoloUnavailable, load_yolo)
+                         RoiOptions, YoloUnavailable, check_roi_options, load_yolo)
+from video_io import check_apart
 
 
 @dataclass
@@ -111,6 +112,13 @@ def parse_args(argv=None) -> TrainConfig:
     for name in ("epochs", "batch_size", "clip_length", "steps_per_epoch"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be >= 1")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0) or not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise UserError(f"--lr must be > 0 and --weight_decay >= 0, got {cfg.lr}, {cfg.weight_decay}")
+    if cfg.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {cfg.workers}")
+    check_roi_options(RoiOptions(cfg.roi_source, cfg.seg_model_path, cfg.roi_classes, cfg.conf, cfg.seg_imgsz))
+    datasets = {f"--dataset_path {p}": p for p in cfg.dataset_path.split(",") if p}
+    check_apart(cfg.output_dir, "--output_dir", {**datasets, "--seg_model_path": cfg.seg_model_path})
     return cfg
 
 
@@ -325,6 +333,9 @@ def setup(cfg: TrainConfig) -> Run:
         raise UserError(f"{latest} exists: pass --resume to continue that run, or choose another --output_dir")
     if cfg.resume and not latest.exists():
         raise UserError(f"--resume: {latest} not found; start without --resume")
+    resumed = checkpoint.read(latest) if cfg.resume else None
+    if resumed is not None:
+        check_resumable(resumed, cfg, latest)
     if cfg.export:
         checkpoint.check_writable(cfg.export, "--export")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -359,8 +370,8 @@ def setup(cfg: TrainConfig) -> Run:
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     run = Run(cfg, rank, world, device, run_dir, train_set, val_set, model, net, loss_fn, optimizer, scheduler,
               scaler)
-    if cfg.resume:
-        ckpt = checkpoint.read(latest)
+    if resumed is not None:
+        ckpt = resumed
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -373,6 +384,23 @@ def setup(cfg: TrainConfig) -> Run:
     elif rank == 0 and (run_dir / "train_log.jsonl").exists():
         (run_dir / "train_log.jsonl").unlink()
     return run
+
+
+def check_resumable(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
+    """--resume continues the same run: a checkpoint with its training state, the same scale and
+    schedule (a changed --epochs or --steps_per_epoch would silently redo or skip steps)."""
+    missing = [k for k in checkpoint.RESUME_KEYS if k not in ckpt]
+    if missing:
+        raise UserError(f"--resume: {path} holds weights only (no {', '.join(missing)}); it cannot be continued, "
+                        f"start without --resume in another --output_dir")
+    if int(ckpt.get("scale_factor", cfg.scale_factor)) != cfg.scale_factor:
+        raise UserError(f"--resume: {path} is x{ckpt['scale_factor']} but --scale_factor is {cfg.scale_factor}")
+    before = ckpt.get("train_args") or {}
+    changed = [f"--{k} {before[k]} -> {getattr(cfg, k)}" for k in ("epochs", "steps_per_epoch", "batch_size")
+               if k in before and before[k] != getattr(cfg, k)]
+    if changed:
+        raise UserError(f"--resume: the run was started with other settings ({'; '.join(changed)}); resume with "
+                        f"the same ones or start a new --output_dir")
 
 
 def train_one_epoch(run: Run) -> None:

@@ -233,3 +233,150 @@ def test_full_disk_or_read_only_output_is_one_line_and_leaves_nothing(tmp_path, 
                      "--roi_source", "motion"], capsys)
     assert one_line_error(code, err) and fix in err and "report.json" in err
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+# ----------------------------------------------------------------------------- round two (issue 19)
+
+
+def test_a_dataset_given_as_output_dir_is_refused_and_kept(tmp_path, ckpt, capsys):
+    """Names alone prove nothing: a dataset laid out as clipA/frames, clipB/masks is not a result."""
+    clip, _ = clip_folder(tmp_path, n=3)
+    data = tmp_path / "dataset"
+    write_png(data / "clipA" / "frames" / "000.jpg.png", np.zeros((8, 8, 3), np.uint8))
+    write_png(data / "clipB" / "masks" / "000.png", np.zeros((8, 8), np.uint8))
+    before = checksums(data)
+    code, err = run(["--input_dir", clip, "--output_dir", data, "--checkpoint_path", ckpt], capsys)
+    assert one_line_error(code, err) and "did not write" in err and checksums(data) == before
+
+
+def test_hidden_files_count(tmp_path, ckpt, capsys):
+    clip, _ = clip_folder(tmp_path, n=3)
+    out = tmp_path / "project"
+    (out / ".git").mkdir(parents=True)
+    (out / ".git" / "HEAD").write_text("ref")
+    (out / ".env").write_text("SECRET=1")
+    before = checksums(out)
+    code, err = run(["--input_dir", clip, "--output_dir", out, "--checkpoint_path", ckpt], capsys)
+    assert one_line_error(code, err) and checksums(out) == before
+
+
+def test_a_file_added_to_a_result_protects_it(tmp_path, ckpt, capsys):
+    clip, _ = clip_folder(tmp_path, n=3)
+    out = tmp_path / "out"
+    args = ["--input_dir", clip, "--output_dir", out, "--checkpoint_path", ckpt, "--roi_source", "motion"]
+    assert run([*args, "--save_frames"], capsys)[0] == 0
+    (out / "frames" / ".notes").write_text("mine")  # hidden, deep inside: still not ours
+    code, err = run(args, capsys)
+    assert one_line_error(code, err) and (out / "frames" / ".notes").read_text() == "mine"
+
+
+@pytest.mark.parametrize("flag", ["--masks_dir", "--checkpoint_path"])
+def test_output_dir_around_any_input_is_refused(tmp_path, ckpt, capsys, flag):
+    clip, masks = clip_folder(tmp_path, n=3)
+    proj = tmp_path / "proj"
+    (proj / "masks").mkdir(parents=True)
+    for p in masks.iterdir():
+        (proj / "masks" / p.name).write_bytes(p.read_bytes())
+    (proj / "x2.pth").write_bytes(ckpt.read_bytes())
+    before = checksums(proj)
+    inside = flag == "--checkpoint_path"
+    args = ["--input_dir", clip, "--output_dir", proj, "--roi_source", "masks",
+            "--masks_dir", masks if inside else proj / "masks", "--checkpoint_path", proj / "x2.pth" if inside else ckpt]
+    code, err = run(args, capsys)
+    assert one_line_error(code, err) and flag in err and checksums(proj) == before
+
+
+def test_evaluate_and_train_refuse_outputs_inside_their_inputs(tmp_path, capsys):
+    import evaluate
+    import train_roi_downsampler
+    clip, _ = clip_folder(tmp_path, n=3)
+    before = checksums(clip)
+    assert evaluate.main(["--input", str(clip), "--output_dir", str(clip), "--methods", "area",
+                          "--detector_path", "none", "--roi_source", "motion"]) == 2
+    assert train_roi_downsampler.main(["--dataset_path", str(tmp_path), "--output_dir", str(clip / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 2 and checksums(clip) == before and not (clip / "run").exists()
+
+
+class YoloPayload:
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("tool", ["inference", "evaluate"])
+def test_a_yolo_file_that_would_run_code_is_refused_even_with_auto(tmp_path, ckpt, capsys, tool):
+    marker = tmp_path / "pwned"
+    YoloPayload.marker = marker
+    evil = tmp_path / "yolov8n-seg.pt"
+    torch.save({"model": YoloPayload(), "train_args": {}}, evil)
+    clip, _ = clip_folder(tmp_path, n=3)
+    if tool == "inference":  # the default --roi_source auto must not fall back to motion: the file is there
+        code, err = run(["--input_dir", clip, "--output_dir", tmp_path / "out", "--checkpoint_path", ckpt,
+                         "--seg_model_path", evil], capsys)
+    else:
+        import evaluate
+        code = evaluate.main(["--input", str(clip), "--output_dir", str(tmp_path / "out"), "--methods", "area",
+                              "--detector_path", str(evil), "--roi_source", "motion"])
+        err = capsys.readouterr().err
+    assert one_line_error(code, err) and "yolov8n-seg.pt" in err and "refused" in err
+    assert code == 2 and not marker.exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content", [b"not a model at all", b""])
+def test_a_file_renamed_onnx_is_one_line(tmp_path, ckpt, capsys, content):
+    bad = tmp_path / "seg.onnx"
+    bad.write_bytes(content)
+    clip, _ = clip_folder(tmp_path, n=3)
+    code, err = run(["--input_dir", clip, "--output_dir", tmp_path / "out", "--checkpoint_path", ckpt,
+                     "--seg_model_path", bad], capsys)
+    assert one_line_error(code, err) and "seg.onnx" in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags", [["--conf", "5"], ["--conf", "nan"], ["--threads", "100000"],
+                                   ["--seg_imgsz", "0"]])
+def test_more_bad_flags_are_one_line(tmp_path, ckpt, capsys, flags):
+    clip, _ = clip_folder(tmp_path, n=3)
+    code, err = run(["--input_dir", clip, "--output_dir", tmp_path / "out", "--checkpoint_path", ckpt,
+                     "--roi_source", "motion", *flags], capsys)
+    assert one_line_error(code, err) and flags[0] in err and not (tmp_path / "out").exists()
+
+
+def test_leftovers_of_a_killed_run_are_removed_by_the_next(tmp_path, ckpt, capsys):
+    clip, _ = clip_folder(tmp_path, n=3)
+    stale = tmp_path / ".out.partial-abc123"
+    (stale / "frames").mkdir(parents=True)
+    (stale / "frames" / "00000.png").write_bytes(b"half")
+    (tmp_path / ".out.lock").write_text("")
+    assert run(["--input_dir", clip, "--output_dir", tmp_path / "out", "--checkpoint_path", ckpt,
+                "--roi_source", "motion"], capsys)[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_an_error_leaves_no_empty_parent_folders(tmp_path, ckpt, capsys):
+    clip, _ = clip_folder(tmp_path, n=3)
+    out = tmp_path / "new" / "deeper" / "out"
+    code, err = run(["--input_dir", clip, "--output_dir", out, "--checkpoint_path", ckpt, "--roi_source", "masks",
+                     "--masks_dir", tmp_path / "nowhere"], capsys)
+    assert one_line_error(code, err) and not (tmp_path / "new").exists()
+    assert run(["--input_dir", clip, "--output_dir", out, "--checkpoint_path", ckpt, "--roi_source", "motion"],
+               capsys)[0] == 0 and (out / "video.mp4").is_file()
+
+
+@pytest.mark.parametrize("case", ["weights_only", "other_scale", "changed_epochs"])
+def test_resume_that_cannot_continue_is_one_line(tmp_path, capsys, case):
+    import train_roi_downsampler
+    from test_training import make_davis
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    model = ROIDownsampler(DownsamplerConfig(scale_factor=2))
+    extra = {} if case == "weights_only" else dict(
+        optimizer={}, scheduler={}, scaler={}, rng={}, epoch=0, step=1, best_score=1.0, partial={},
+        train_args={"epochs": 5, "steps_per_epoch": 200, "batch_size": 4})
+    save_checkpoint(run_dir / "checkpoints" / "latest.pth", model, **extra)
+    data = make_davis(tmp_path / "davis")
+    args = ["--dataset_path", str(data), "--output_dir", str(run_dir), "--resume", "--perceptual_model", "none"]
+    args += {"weights_only": [], "other_scale": ["--scale_factor", "4"], "changed_epochs": ["--epochs", "9"]}[case]
+    assert train_roi_downsampler.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 1 and "--resume" in err, err
