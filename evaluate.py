@@ -38,6 +38,7 @@ from tqdm import tqdm
 import checkpoint
 import engine
 import metrics
+import paths
 import rd_control
 from errors import UserError, run_cli, warn
 from roi_downsampler import DEFAULT_BACKGROUND_QUALITY
@@ -48,10 +49,7 @@ from video_io import FrameReader, atomic_write_bytes, check_apart, crop_to_multi
 DEFAULT_CRFS = (18, 23, 28, 33, 38)
 ALL_METHODS = ("model", "network", "area", "area+roi_qp", "bicubic", "lanczos", "blur_heuristic")
 ROI_QOFFSETS = (-0.1, -0.2, -0.3)
-SHARED = Path(__file__).resolve().parent.parent / "shared"
-SHARED_SEG = SHARED / "models" / "yolov8n-seg_int8.onnx"
-SHARED_DET = SHARED / "models" / "yolov8n_int8.onnx"
-DAVIS_VAL = ("breakdance", "camel", "drift-chicane", "libby")  # never trained on (see README, Training)
+MODES = ("end_to_end", "weak_detector", "oracle")  # masks in: the float .pt at 640, the int8 ONNX at 320, the truth
 
 
 # ----------------------------------------------------------------------------- methods
@@ -255,42 +253,66 @@ def markdown_table(name: str, res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def same_crf_table(res: dict) -> str:
+    """video.mp4 (the model as inference writes it) against area downscaling at the same CRF: what a
+    user who keeps their CRF gets."""
+    model, area = res["methods"].get("model"), res["methods"].get("area")
+    if not model or not area:
+        return ""
+    lines = ["| CRF | video.mp4 bytes | area bytes | bytes vs area | ROI-PSNR video / area | bg-PSNR video / area "
+             "| det F1 video / area | segments chose |", "|---|---|---|---|---|---|---|---|"]
+    for p in model["rd"]:
+        a = point_at(area["rd"], p["crf"])
+        f1 = f"{p['det_f1']:.2f} / {a['det_f1']:.2f}" if "det_f1" in p else "-"
+        lines.append(f"| {p['crf']} | {p['bytes']} | {a['bytes']} | {100 * (p['bytes'] / a['bytes'] - 1):+.1f}% | "
+                     f"{p['roi_psnr']:.2f} / {a['roi_psnr']:.2f} | {p['bg_psnr']:.2f} / {a['bg_psnr']:.2f} | {f1} | "
+                     f"{', '.join(p.get('choices', []))} |")
+    return "\n".join(lines) + "\n"
+
+
 SUMMARY_METHODS = ("model", "network", "area+roi_qp", "blur_heuristic", "area")
 
 
 def summary_table(results: dict) -> str:
-    """One row per clip: BD-rate vs area, background PSNR and detection F1 at CRF 23 of the methods
-    that matter most (the model as video.mp4 holds it, the network alone, the practitioners' ROI
-    baseline, the blur heuristic, area), and per mode the median over the clips with a BD-rate
-    (how many in brackets)."""
+    """One row per clip: what video.mp4 saves against area at CRF 23 and its object quality beside
+    area's; BD-rate vs area of the methods that matter most; background PSNR and detection F1 at
+    CRF 23; and per group and mode the medians over the clips (how many in brackets)."""
     methods = [m for m in SUMMARY_METHODS if any(m in r["methods"] for r in results.values())]
-    head = ["clip", "masks in (IoU)"] + [f"{m} BD" for m in methods if m != "area"] + \
-           [f"bg-PSNR@23 {m}" for m in methods] + [f"F1@23 {m}" for m in methods]
+    head = ["clip", "masks in (IoU)", "video.mp4 vs area @23: bytes", "ROI-PSNR", "bg-PSNR"] + \
+           [f"{m} BD" for m in methods if m != "area"] + [f"F1@23 {m}" for m in methods]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    bds = {}  # (mode, method) -> BD-rates
+    columns = {}  # (group, mode) -> column index -> values
     for name, res in results.items():
-        mode = name[name.index("[") + 1:name.index("]")] if "[" in name else "all"
+        key = (res.get("group", ""), res.get("mode", ""))
         iou = f" ({res['mask_iou_vs_gt']:.2f})" if "mask_iou_vs_gt" in res else ""
-        row = [name, f"{res['roi_source']}{iou}"]
-        for m in methods:
-            if m == "area":
-                continue
-            r = res["methods"].get(m)
-            v = r.get("bd_rate_vs_area", float("nan")) if r else float("nan")
-            bds.setdefault((mode, m), []).append(v)
-            row.append("-" if r is None else ("n/a" if not np.isfinite(v) else f"{v:+.1f}%"))
-        for key, fmt in (("bg_psnr", "{:.1f}"), ("det_f1", "{:.2f}")):
-            for m in methods:
-                p = point_at(res["methods"][m]["rd"], 23) if m in res["methods"] else {}
-                row.append(fmt.format(p[key]) if key in p else "-")
-        lines.append("| " + " | ".join(row) + " |")
-    for mode in dict.fromkeys(k[0] for k in bds):  # a median per mode: end to end and oracle are not mixed
-        cells = []
+        row, values = [name, f"{res['roi_source']}{iou}"], []
+        if "model" in res["methods"] and "area" in res["methods"]:
+            p, a = point_at(res["methods"]["model"]["rd"], 23), point_at(res["methods"]["area"]["rd"], 23)
+            values += [100 * (p["bytes"] / a["bytes"] - 1), p["roi_psnr"] - a["roi_psnr"], p["bg_psnr"] - a["bg_psnr"]]
+            row += [f"{values[0]:+.1f}%", f"{p['roi_psnr']:.2f} vs {a['roi_psnr']:.2f}",
+                    f"{p['bg_psnr']:.1f} vs {a['bg_psnr']:.1f}"]
+        else:
+            values += [float("nan")] * 3
+            row += ["-"] * 3
         for m in methods:
             if m != "area":
-                v = [x for x in bds[(mode, m)] if np.isfinite(x)]
-                cells.append(f"{np.median(v):+.1f}% ({len(v)})" if v else "n/a")
-        label = "**median**" if mode == "all" else f"**median, {mode}**"
+                r = res["methods"].get(m)
+                v = r.get("bd_rate_vs_area", float("nan")) if r else float("nan")
+                values.append(v)
+                row.append("-" if r is None else ("n/a" if not np.isfinite(v) else f"{v:+.1f}%"))
+        for m in methods:
+            p = point_at(res["methods"][m]["rd"], 23) if m in res["methods"] else {}
+            row.append(f"{p['det_f1']:.2f}" if "det_f1" in p else "-")
+        for i, v in enumerate(values):
+            columns.setdefault(key, {}).setdefault(i, []).append(v)
+        lines.append("| " + " | ".join(row) + " |")
+    for (group, mode), cols in columns.items():  # medians per group and mode: never mixed
+        cells = []
+        for i, vals in sorted(cols.items()):
+            v = [x for x in vals if np.isfinite(x)]
+            unit = " dB" if i in (1, 2) else "%"
+            cells.append(f"{np.median(v):+.1f}{unit} ({len(v)})" if v else "n/a")
+        label = f"**median, {group} {mode}**".replace("  ", " ")
         lines.append("| " + " | ".join([label, ""] + cells + [""] * (len(head) - 2 - len(cells))) + " |")
     return "\n".join(lines) + "\n"
 
@@ -344,23 +366,37 @@ def clip_masks(frames, names, opts: RoiOptions, yolo_model=None):
     return [(source.mask(f, n) > 0.5).astype(np.uint8) for f, n in zip(frames, names)], used
 
 
-def suite_jobs(seg_path: str) -> tuple[list, list[str]]:
-    """(name, clip, ground-truth masks or None, ROI source) of the suite, and what is missing."""
+def suite_jobs() -> tuple[list, list[str]]:
+    """(name, clip, ground-truth masks or None, group) of the suite, and what is missing. Groups:
+    "moving" (DAVIS-2016 validation and the repo's real clips) and "static" (static cameras)."""
     import demo_data
     jobs, missing = [], []
-    davis = SHARED / "data" / "davis2016"
-    seg = seg_path if Path(seg_path).is_file() else (str(SHARED_SEG) if SHARED_SEG.is_file() else None)
-    if davis.is_dir():
-        for seq in DAVIS_VAL:
-            jobs.append((seq, davis / "JPEGImages" / "480p" / seq, davis / "Annotations" / "480p" / seq))
+    if paths.DAVIS.is_dir():
+        for seq in paths.DAVIS_VAL:
+            jobs.append((seq, paths.DAVIS / "JPEGImages" / "480p" / seq, paths.DAVIS / "Annotations" / "480p" / seq,
+                         "moving"))
     else:
-        missing.append(f"DAVIS-2016 ({davis}) not found: the 4 DAVIS validation clips are left out")
+        missing.append(f"DAVIS-2016 ({paths.DAVIS}) not found: the 4 DAVIS validation clips are left out")
     for name, path in demo_data.evaluation_clips().items():
         gt = path.parent / f"{name}_masks"
-        jobs.append((name, path, gt if gt.is_dir() else None))
-    if seg is None:
-        missing.append("no YOLO segmenter (models/yolov8n-seg.pt or ../shared): end-to-end masks come from motion")
-    return [(n, p, g, seg) for n, p, g in jobs], missing
+        jobs.append((name, path, gt if gt.is_dir() else None, "static" if name.startswith("static") else "moving"))
+    if paths.STATIC.is_dir():
+        for clip in sorted(paths.STATIC.glob("*.mp4")):
+            jobs.append((clip.stem, clip, None, "static"))
+    else:
+        missing.append(f"{paths.STATIC} not found: the static-camera clips are left out")
+    return jobs, missing
+
+
+def suite_segmenters(seg_path: str) -> tuple[dict, list[str]]:
+    """Mode -> segmenter the methods' masks come from (None: the annotation, or motion)."""
+    pt = next((p for p in (seg_path, str(paths.SHARED_SEG_PT)) if Path(p).is_file()), None)
+    onnx = str(paths.SHARED_SEG_ONNX) if paths.SHARED_SEG_ONNX.is_file() else None
+    missing = [] if pt else ["no float YOLO segmenter (models/yolov8n-seg.pt or ../shared): "
+                             "end-to-end masks come from motion"]
+    if not onnx:
+        missing.append(f"{paths.SHARED_SEG_ONNX} not found: the weak-detector rows are left out")
+    return {"end_to_end": pt, "weak_detector": onnx, "oracle": None}, missing
 
 
 def build_parser():
@@ -371,7 +407,7 @@ def build_parser():
     p.add_argument("--gt_masks", help="human masks named like the frames: what the score uses (else oracle mode)")
     add_roi_args(p, default_source="auto")
     p.add_argument("--detector_path", default=None,
-                   help=f"COCO detector for detection F1 (.pt/.onnx; default {SHARED_DET} when present; "
+                   help=f"COCO detector for detection F1 (.pt/.onnx; default {paths.SHARED_DET_PT} when present; "
                         f"'none' to skip)")
     p.add_argument("--det_every", type=int, default=4, help="run the detector on every Nth frame")
     p.add_argument("--checkpoint_path", help="model checkpoint (default models/roi_downsampler_x{s}.pth)")
@@ -384,7 +420,11 @@ def build_parser():
     add_encoder_args(p)  # as in inference.py; at each of --crfs the background stays as many steps coarser
     p.add_argument("--crfs", default=",".join(map(str, DEFAULT_CRFS)))
     p.add_argument("--max_frames", type=int, default=48)
-    p.add_argument("--modes", default="end_to_end,oracle", help="with --suite: end_to_end, oracle or both")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help="with --suite, comma-separated: end_to_end (the float .pt's masks in), weak_detector "
+                        "(the int8 ONNX's), oracle (the annotation's)")
+    p.add_argument("--write_docs", action="store_true",
+                   help="with --suite: also write docs/results_x{s}.md and docs/rd_x{s}.png (the README links them)")
     p.add_argument("--clips", default="", help="with --suite: comma-separated subset of its clips (default: all)")
     p.add_argument("--output_dir", default="output/eval")
     p.add_argument("--threads", type=int, default=None)
@@ -404,7 +444,7 @@ def parse_crfs(text: str) -> list[int]:
 def load_detector(path_flag):
     if path_flag == "none":
         return None
-    path = path_flag or (str(SHARED_DET) if SHARED_DET.is_file() else None)
+    path = path_flag or (str(paths.SHARED_DET_PT) if paths.SHARED_DET_PT.is_file() else None)
     if path is None:
         warn("no COCO detector (pass --detector_path, .pt or .onnx): detection F1 is left out")
         return None
@@ -434,15 +474,19 @@ def run(args) -> int:
     opts = roi_options(args)
     notes = []
     if args.suite:
-        jobs, notes = suite_jobs(opts.seg_model_path)
+        jobs, notes = suite_jobs()
+        segmenters, more = suite_segmenters(opts.seg_model_path)
+        notes += more
         modes = [m for m in args.modes.split(",") if m]
+        if set(modes) - set(MODES):
+            raise UserError(f"--modes: choose from {', '.join(MODES)}")
         wanted = [c for c in args.clips.split(",") if c]
         unknown = set(wanted) - {j[0] for j in jobs}
         if unknown:
             raise UserError(f"--clips: {', '.join(sorted(unknown))} not in the suite ({', '.join(j[0] for j in jobs)})")
         jobs = [j for j in jobs if not wanted or j[0] in wanted]
     elif args.input:
-        jobs, modes = [(Path(args.input).stem, Path(args.input), args.gt_masks, None)], ["given"]
+        jobs, modes = [(Path(args.input).stem, Path(args.input), args.gt_masks, "given")], ["given"]
     else:
         raise UserError("pass --input CLIP (frames folder or video) or --suite")
     for n in notes:
@@ -452,42 +496,55 @@ def run(args) -> int:
                                           "--masks_dir": opts.masks_dir, "--checkpoint_path": args.checkpoint_path,
                                           "--detector_path": args.detector_path, "--seg_model_path": opts.seg_model_path,
                                           **{f"suite clip {n}": p for n, p, _, _ in (jobs if args.suite else [])}})
+    if args.write_docs and not args.suite:
+        raise UserError("--write_docs goes with --suite (docs/ holds the suite's results)")
     results, tables = {}, []
-    for name, path, gt_dir, seg in jobs:
+    for name, path, gt_dir, group in jobs:
         frames, names, fps = load_clip(path, args.scale_factor, args.max_frames)
         gt = clip_masks(frames, names, RoiOptions(roi_source="masks", masks_dir=str(gt_dir)))[0] if gt_dir else None
         for mode in modes:
-            if mode == "oracle" and gt is None:
+            if mode == "oracle" and gt is None or mode == "weak_detector" and not segmenters[mode]:
                 continue
             if mode == "oracle":
                 masks, used = gt, "ground truth (oracle)"
-            elif mode == "end_to_end":
-                kind = "yolo" if seg else "motion"
-                o = RoiOptions(**{**opts.__dict__, "roi_source": kind, "seg_model_path": seg or opts.seg_model_path,
-                                  "masks_dir": None})
+            elif mode in segmenters:
+                seg = segmenters[mode]
+                o = RoiOptions(**{**opts.__dict__, "roi_source": "yolo" if seg else "motion",
+                                  "seg_model_path": seg or opts.seg_model_path, "masks_dir": None})
                 masks, used = clip_masks(frames, names, o)
+                used = f"{used} {Path(seg).name}" if seg else used
             else:
                 masks, used = clip_masks(frames, names, opts)
             res = evaluate_clip(frames, masks, methods, args.scale_factor, crfs, fps, model, name,
                                 gt_masks=gt, detector=detector, det_every=args.det_every, enc=enc)
             if gt is not None and mode != "oracle":
                 res["mask_iou_vs_gt"] = metrics.mask_iou(masks, gt)
-            res.update(roi_source=used, mode=mode if mode != "given" else ("scored on --gt_masks" if gt else "oracle"),
+            res.update(roi_source=used, group=group,
+                       mode=mode if mode != "given" else ("scored on --gt_masks" if gt else "oracle"),
                        score_masks="human annotation" if gt is not None else "the methods' own masks (oracle)")
             key = f"{name} [{mode}]" if args.suite else name
             results[key] = res
-            tables.append(markdown_table(key, res))
+            tables.append(markdown_table(key, res) + "\n" + same_crf_table(res))
             print(tables[-1])
     if not results:
         raise UserError("nothing to evaluate (oracle mode needs ground-truth masks)")
     meta = {"notes": notes, "crfs": crfs, "encoder": dataclasses.asdict(enc), "scale_factor": args.scale_factor,
-            "detector": getattr(detector, "imgsz", None) and (args.detector_path or str(SHARED_DET))}
+            "detector": getattr(detector, "imgsz", None) and (args.detector_path or str(paths.SHARED_DET_PT))}
     atomic_write_bytes(out_dir / "results.json", json.dumps({"meta": meta, "clips": results}, indent=2).encode())
     summary = summary_table(results)
     print(summary)
-    atomic_write_bytes(out_dir / "results.md", "\n".join(notes + [summary] + tables).encode())
+    document = "\n".join(notes + [summary] + tables)
+    atomic_write_bytes(out_dir / "results.md", document.encode())
     plot_rd(results, out_dir / "rd_curves.png")
     print(f"wrote {out_dir}/results.json, results.md, rd_curves.png")
+    if args.write_docs:
+        s = args.scale_factor
+        header = (f"# Results at x{s}\n\nWritten by `python evaluate.py --suite --scale_factor {s} --write_docs` "
+                  f"(x264 {enc.preset}, CRFs {', '.join(map(str, crfs))}, at most {args.max_frames} frames a clip, "
+                  f"detection F1 with {meta['detector']}); do not edit by hand.\n\n")
+        atomic_write_bytes(paths.REPO / "docs" / f"results_x{s}.md", (header + document).encode())
+        plot_rd(results, paths.REPO / "docs" / f"rd_x{s}.png")
+        print(f"wrote docs/results_x{s}.md, docs/rd_x{s}.png")
     return 0
 
 

@@ -57,7 +57,7 @@ class InferenceConfig:
     enc: EncoderOptions = field(default_factory=EncoderOptions)
     compare_area: bool = True
     device: str = "auto"
-    batch_size: int = 8
+    batch_size: int = 2
     fps: Optional[float] = None
     threads: Optional[int] = None
     skip_bad_frames: bool = False
@@ -216,10 +216,9 @@ class SequenceWriter:
         self.regions: list = []   # per frame: x264 quantiser regions
         self.decisions: list = []
 
-    def add(self, i: int, img, soft, frame, mask, debug: bool):
-        s = self.cfg.scale_factor
-        area = cv2.resize(frame, (frame.shape[1] // s, frame.shape[0] // s), interpolation=cv2.INTER_AREA)
-        self.pending.append((i, img, soft, area, frame if debug else None, mask if debug else None))
+    def add(self, i: int, img, soft, area, frame=None, mask=None):
+        """One output frame, its soft mask and area downscaling (frame and mask: debug only)."""
+        self.pending.append((i, img, soft, area, frame, mask))
         if len(self.pending) >= self.cfg.enc.segment:
             self.flush()
 
@@ -312,7 +311,10 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
                     break
                 for img, soft, params, (frame, mask) in zip(chunk.images, chunk.softs, chunk.params, chunk.inputs):
                     debug = cfg.debug and n % cfg.debug_every == 0
-                    jobs.submit(lambda i=n, a=(img, soft, frame, mask, debug): writer.add(i, *a))
+                    s = cfg.scale_factor
+                    area = cv2.resize(frame, (frame.shape[1] // s, frame.shape[0] // s), interpolation=cv2.INTER_AREA)
+                    extra = (frame, mask) if debug else ()  # full-resolution frames only travel when needed
+                    jobs.submit(lambda i=n, a=(img, soft, area, *extra): writer.add(i, *a))
                     params_log.append(params)
                     n += 1
         jobs.close()

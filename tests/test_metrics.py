@@ -129,15 +129,19 @@ def test_evaluate_refuses_crfs_it_cannot_use(capsys):
 def test_summary_table_gives_per_clip_rows_and_the_median():
     import evaluate
 
-    def method(bd, bg, f1):
-        return {"bd_rate_vs_area": bd, "rd": [{"crf": 23, "bg_psnr": bg, "det_f1": f1, "bytes": 1, "roi_psnr": 30}]}
-    clip = lambda a, b: {"roi_source": "yolo", "mask_iou_vs_gt": 0.5,
-                         "methods": {"model": method(a, 31.0, 0.9), "area": method(0.0, 33.0, 0.95),
-                                     "area+roi_qp": method(b, 33.5, 0.96)}}
-    table = evaluate.summary_table({"x [end_to_end]": clip(-10.0, -5.0), "y [end_to_end]": clip(-30.0, float("nan")),
-                                    "z [end_to_end]": clip(2.0, -1.0), "x [oracle]": clip(-50.0, -40.0)})
+    def method(bd, bg, f1, size=100):
+        return {"bd_rate_vs_area": bd, "rd": [{"crf": 23, "bg_psnr": bg, "det_f1": f1, "bytes": size, "roi_psnr": 30}]}
+    clip = lambda a, b, size, mode="end_to_end": {
+        "roi_source": "yolo", "mask_iou_vs_gt": 0.5, "group": "moving", "mode": mode,
+        "methods": {"model": method(a, 31.0, 0.9, size), "area": method(0.0, 33.0, 0.95),
+                    "area+roi_qp": method(b, 33.5, 0.96)}}
+    table = evaluate.summary_table({"x [end_to_end]": clip(-10.0, -5.0, 50), "y [end_to_end]": clip(-30.0, float("nan"), 80),
+                                    "z [end_to_end]": clip(2.0, -1.0, 100), "x [oracle]": clip(-50.0, -40.0, 40, "oracle")})
     rows = table.strip().splitlines()
     assert len(rows) == 2 + 4 + 2 and "yolo (0.50)" in rows[2] and "n/a" in rows[3]
-    # medians per mode: model of three, roi_qp of the two measured; the oracle row is not mixed in
-    assert rows[-2].startswith("| **median, end_to_end**") and rows[-2].split("|")[3:5] == [" -10.0% (3) ", " -3.0% (2) "]
-    assert rows[-1].startswith("| **median, oracle**") and rows[-1].split("|")[3:5] == [" -50.0% (1) ", " -40.0% (1) "]
+    assert rows[2].split("|")[3:6] == [" -50.0% ", " 30.00 vs 30.00 ", " 31.0 vs 33.0 "]  # video.mp4 vs area @23
+    # medians per group and mode: bytes of three, model BD of three, roi_qp of the two measured; oracle apart
+    cells = rows[-2].split("|")
+    assert rows[-2].startswith("| **median, moving end_to_end**") and cells[3] == " -20.0% (3) "
+    assert cells[6:8] == [" -10.0% (3) ", " -3.0% (2) "] and cells[4:6] == [" +0.0 dB (3) ", " -2.0 dB (3) "]
+    assert rows[-1].startswith("| **median, moving oracle**") and rows[-1].split("|")[6:8] == [" -50.0% (1) ", " -40.0% (1) "]
