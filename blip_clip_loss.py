@@ -1,6 +1,6 @@
 """Losses that train the ROI downsampler.
 
-    total = perceptual_weight * perceptual   (CLIP and/or BLIP image-embedding distance)
+    total = perceptual_weight * perceptual   (a frozen detector's features, or CLIP / BLIP embeddings)
           + roi_weight        * roi          (L1 + SSIM to the area reference, inside the ROI)
           + temporal_weight   * temporal     (output flicker beyond the reference's own change)
           + rate_weight       * rate         (what an encoder pays for: background texture and change)
@@ -36,7 +36,8 @@ class PerceptualUnavailable(UserError):
 
 
 class ImageEmbedder(nn.Module):
-    """Frozen image encoder: resize to its input size, normalise, embed, L2-normalise."""
+    """Frozen image encoder: resize to its input size, normalise, embed, L2-normalise. Its distance
+    is 1 - cosine similarity of the embeddings (the whole image, no ROI)."""
 
     def __init__(self, encode, image_size: int, name: str):
         super().__init__()
@@ -48,6 +49,64 @@ class ImageEmbedder(nn.Module):
         x = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
                           align_corners=False, antialias=True)
         return F.normalize(self.encode((x - self.mean) / self.std), dim=-1)
+
+    def distance(self, original, output, roi) -> torch.Tensor:
+        with torch.no_grad():
+            target = self(original)
+        return (1 - (self(output) * target).sum(-1)).mean()
+
+
+class DetectorFeatures(nn.Module):
+    """A frozen YOLO detector's backbone and neck: the feature maps its detection head reads (P3,
+    P4, P5 for YOLOv8). What a detector still sees in the output is what an analytics user needs.
+
+    The output is brought back to the input size (bilinear, as a downstream detector is fed a
+    low-resolution stream) and both images go through the network; the distance is LPIPS-like:
+    features unit-normalised over channels, squared differences summed over channels, averaged
+    over positions with the ROI weighted ROI_EMPHASIS times the background, and over the scales."""
+
+    ROI_EMPHASIS = 3.0
+
+    def __init__(self, model: nn.Module, name: str = "yolo"):
+        super().__init__()
+        self.model, self.name = _freeze(model), name
+        self.taps = list(model.model[-1].f)  # the head's inputs
+
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        h, w = images.shape[-2:]
+        x = F.pad(images, (0, -w % 32, 0, -h % 32), mode="replicate")  # YOLO strides need multiples of 32
+        y = []
+        for m in self.model.model[:-1]:
+            if m.f != -1:
+                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            x = m(x)
+            y.append(x if m.i in self.model.save or m.i in self.taps else None)
+        return [F.normalize(y[i], dim=1, eps=EPS) for i in self.taps]
+
+    def distance(self, original, output, roi) -> torch.Tensor:
+        with torch.no_grad():
+            target = self.features(original)
+        seen = F.interpolate(output, size=original.shape[-2:], mode="bilinear", align_corners=False)
+        total = 0.0
+        for f, t in zip(self.features(seen), target):
+            weight = 1 + (self.ROI_EMPHASIS - 1) * F.adaptive_max_pool2d(roi, f.shape[-2:])
+            total = total + ((f - t) ** 2).sum(1, keepdim=True).mul(weight).sum((1, 2, 3)).div(
+                weight.sum((1, 2, 3))).mean()
+        return total / len(target)
+
+
+def load_detector_features(path: str) -> DetectorFeatures:
+    """The frozen features of an Ultralytics YOLO .pt (segmentation or detection), loaded safely."""
+    from roi_sources import YoloUnavailable, load_yolo
+    if not str(path).endswith((".pt", ".yaml")):
+        raise UserError(f"--perceptual_model yolo:{path}: needs PyTorch weights (.pt), gradients cannot flow "
+                        f"through an exported model")
+    task = "detect" if "-seg" not in Path(path).name else "segment"
+    try:
+        yolo = load_yolo(str(path), task=task, flag="--perceptual_model yolo:PATH")
+    except YoloUnavailable as e:
+        raise PerceptualUnavailable(f"{e}; or --perceptual_model none") from None
+    return DetectorFeatures(yolo.model.float().cpu(), f"yolo:{Path(path).name}")
 
 
 def _freeze(module: nn.Module) -> nn.Module:
@@ -118,14 +177,16 @@ def load_blip(name_or_path: str = "Salesforce/blip-image-captioning-base") -> Im
 
 
 def load_perceptual(kind: str, clip_model="ViT-B-32", clip_pretrained="openai",
-                    blip_model="Salesforce/blip-image-captioning-base") -> list[ImageEmbedder]:
-    """Encoders for --perceptual_model clip|blip|clip+blip|none (loaded once, frozen)."""
+                    blip_model="Salesforce/blip-image-captioning-base") -> list[nn.Module]:
+    """Encoders for --perceptual_model yolo:PATH|clip|blip (joined by +) or none (loaded once, frozen)."""
     if kind == "none":
         return []
     parts = kind.split("+")
-    if not set(parts) <= {"clip", "blip"}:
-        raise UserError(f"--perceptual_model {kind}: choose clip, blip, clip+blip or none")
-    return [load_clip(clip_model, clip_pretrained) if p == "clip" else load_blip(blip_model) for p in parts]
+    if not all(p in ("clip", "blip") or p.startswith("yolo:") for p in parts):
+        raise UserError(f"--perceptual_model {kind}: choose yolo:PATH (a YOLO .pt), clip, blip, several joined "
+                        f"by +, or none")
+    loaders = {"clip": lambda: load_clip(clip_model, clip_pretrained), "blip": lambda: load_blip(blip_model)}
+    return [loaders[p]() if p in loaders else load_detector_features(p[len("yolo:"):]) for p in parts]
 
 
 # ----------------------------------------------------------------------------- loss terms
@@ -214,20 +275,15 @@ def background_loss(out, ref, roi):
     return masked_mean((out - ref).abs(), 1 - roi)
 
 
-def perceptual_loss(encoders, frames, out, max_frames: int = 2):
-    """1 - cosine similarity of image embeddings of the original frame and the (upsampled) output,
+def perceptual_loss(encoders, frames, out, masks, max_frames: int = 2):
+    """Each encoder's distance between the original frames and the output (see its ``distance``),
     averaged over encoders, on up to `max_frames` evenly spaced frames per clip to bound cost."""
     if not encoders:
         return out.new_zeros(())
     t = frames.shape[1]
     idx = torch.linspace(0, t - 1, min(max_frames, t)).round().long().tolist()
-    orig, low = frames[:, idx].flatten(0, 1), out[:, idx].flatten(0, 1)
-    total = 0.0
-    for enc in encoders:
-        with torch.no_grad():
-            target = enc(orig)
-        total = total + (1 - (enc(low) * target).sum(-1)).mean()
-    return total / len(encoders)
+    orig, low, roi = frames[:, idx].flatten(0, 1), out[:, idx].flatten(0, 1), masks[:, idx].flatten(0, 1)
+    return sum(enc.distance(orig, low, roi) for enc in encoders) / len(encoders)
 
 
 @dataclass
@@ -252,7 +308,8 @@ class CombinedLoss(nn.Module):
         ref = area_reference(frames, self.s)
         roi = tensor_roi_at_output(masks, self.s)
         parts = {
-            "perceptual": perceptual_loss(list(self.encoders), frames, output.frames) if self.w.perceptual else None,
+            "perceptual": (perceptual_loss(list(self.encoders), frames, output.frames, masks)
+                           if self.w.perceptual else None),
             "roi": roi_loss(output.frames, ref, roi),
             "temporal": temporal_loss(output.frames, ref, roi),
             "rate": rate_proxy(output.frames, roi),

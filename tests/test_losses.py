@@ -2,9 +2,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pathlib import Path
+
 from blip_clip_loss import (CombinedLoss, LossWeights, PerceptualUnavailable, area_reference, blip_embedder,
-                            boundary_loss, clip_embedder, load_perceptual, perceptual_loss, rate_proxy, tensor_roi_at_output,
-                            roi_loss, temporal_loss)
+                            boundary_loss, clip_embedder, load_detector_features, load_perceptual, perceptual_loss,
+                            rate_proxy, tensor_roi_at_output, roi_loss, temporal_loss)
+from errors import UserError
 from roi_downsampler import DownsamplerConfig, ROIDownsampler
 
 
@@ -90,8 +93,8 @@ def test_perceptual_loss_is_zero_for_identical_content_and_grows_with_damage(mak
     enc = make()
     frames, _ = textured_clip(h=64, w=64)
     ref = area_reference(frames, 2)
-    same = perceptual_loss([enc], frames, ref)
-    damaged = perceptual_loss([enc], frames, torch.rand_like(ref))
+    same = perceptual_loss([enc], frames, ref, masks=torch.zeros_like(frames[:, :, :1]))
+    damaged = perceptual_loss([enc], frames, torch.rand_like(ref), masks=torch.zeros_like(frames[:, :, :1]))
     assert same < damaged
     assert all(not p.requires_grad for p in enc.model.parameters()) and not enc.model.training
 
@@ -120,3 +123,61 @@ def test_a_few_hundred_steps_lower_the_combined_loss():
         opt.step()
     assert set(parts) == {"perceptual", "roi", "temporal", "rate", "background", "boundary"}
     assert float(total.detach()) < 0.9 * first
+
+
+SHARED_PT = Path(__file__).resolve().parents[2] / "shared" / "models" / "yolov8n-seg-dq.pt"
+
+
+@pytest.fixture(scope="module", params=["architecture", "coco"])
+def detector_features(request):
+    """The YOLOv8n-seg architecture with random weights (always), and the real COCO weights
+    (../shared; skipped with one line in a user's clone)."""
+    if request.param == "coco" and not SHARED_PT.is_file():
+        pytest.skip(f"{SHARED_PT} not found (developers and CI only)")
+    return load_detector_features("yolov8n-seg.yaml" if request.param == "architecture" else str(SHARED_PT))
+
+
+def photo_clip(t=2, h=128, w=128):
+    """A real photograph (scikit-image ships it), as a 2-frame clip with an ROI in the middle."""
+    import skimage.data
+    img = torch.from_numpy(skimage.data.astronaut()[:256, 128:384].copy()).permute(2, 0, 1).float() / 255
+    img = F.interpolate(img[None], size=(h, w), mode="area")[0]
+    frames = img.expand(1, t, 3, h, w).clone()
+    masks = torch.zeros(1, t, 1, h, w)
+    masks[..., h // 4:3 * h // 4, w // 4:3 * w // 4] = 1
+    return frames, masks
+
+
+def test_detector_feature_loss_is_zero_for_identical_input_and_grows_with_damage(detector_features):
+    frames, masks = photo_clip()
+    x2 = area_reference(frames, 2)
+    same = perceptual_loss([detector_features], frames, frames, masks)  # the output at input size: identical
+    mild = perceptual_loss([detector_features], frames, x2, masks)
+    strong = perceptual_loss([detector_features], frames, blur(x2, 7), masks)
+    noise = perceptual_loss([detector_features], frames, torch.rand_like(x2), masks)
+    assert float(same) < 1e-6 < float(mild) < float(strong) < float(noise), (same, mild, strong, noise)
+    assert all(not p.requires_grad for p in detector_features.model.parameters())
+    assert not detector_features.model.training
+
+
+def test_detector_feature_loss_is_differentiable_and_a_few_steps_lower_it(detector_features):
+    frames, masks = photo_clip()
+    out = blur(area_reference(frames, 2), 5).clone().requires_grad_(True)
+    opt = torch.optim.Adam([out], lr=0.01)
+    losses = []
+    for _ in range(5):
+        loss = perceptual_loss([detector_features], frames, out, masks)
+        opt.zero_grad()
+        loss.backward()
+        assert out.grad is not None and out.grad.abs().sum() > 0
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0], losses
+
+
+def test_detector_weights_are_not_part_of_the_downsampler_checkpoint(detector_features):
+    loss_fn = CombinedLoss(LossWeights(), 2, [detector_features])
+    model = ROIDownsampler(DownsamplerConfig(scale_factor=2))
+    assert sum(p.numel() for p in model.parameters()) < 10_000 and len(list(loss_fn.parameters())) > 100
+    with pytest.raises(UserError, match="exported"):
+        load_perceptual("yolo:model.onnx")
