@@ -62,6 +62,7 @@ class InferenceConfig:
     threads: Optional[int] = None
     skip_bad_frames: bool = False
     debug_every: int = 1
+    ray: Optional[str] = None   # a batch of videos on Ray: local, auto or a cluster address (batch.py)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip_bad_frames", action="store_true",
                    help="skip unreadable frames (and a truncated video's end) with a warning, recorded in report.json")
     p.add_argument("--debug_every", type=int, default=d.debug_every, help="with --debug, write every Nth side-by-side")
+    p.add_argument("--ray", default=None, metavar="local|auto|ADDRESS",
+                   help="a batch: every video or frame folder of --input_dir (a folder, or a .txt of paths) as its own "
+                        "Ray task (--threads CPUs each) into OUTPUT_DIR/<name>/, with summary.csv; rerun to resume")
     return p
 
 
@@ -396,8 +400,15 @@ def run(cfg: InferenceConfig, roi_factory=None) -> list[dict]:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return run_cli(lambda a: run(config_from_args(a)) and 0, args,
-                   "nothing was written to --output_dir; run the same command again")
+
+    def start(a):
+        cfg = config_from_args(a)
+        if cfg.ray:
+            import batch
+            check_config(cfg)
+            return batch.run(cfg)
+        return run(cfg) and 0
+    return run_cli(start, args, "complete results were kept; run the same command again")
 
 
 if __name__ == "__main__":

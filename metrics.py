@@ -86,22 +86,6 @@ def flicker(out: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
     return float(np.abs(d_out - d_ref)[m].mean()) if m.any() else float("nan")
 
 
-def warping_error(out: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
-    """Mean |out_t − warp(out_{t−1})| inside the mask, with the flow taken from the reference
-    (Farneback), so it measures temporal inconsistency the real motion does not explain."""
-    from roi_sources import backward_warp
-    if len(out) < 2:
-        return 0.0
-    errs = []
-    for t in range(1, len(out)):
-        g0, g1 = (cv2.cvtColor(ref[i], cv2.COLOR_RGB2GRAY) for i in (t - 1, t))
-        warped = backward_warp(out[t - 1], g1, g0)
-        m = mask[t].astype(bool)
-        if m.any():
-            errs.append(np.abs(out[t].astype(np.float64) - warped)[m].mean())
-    return float(np.mean(errs)) if errs else float("nan")
-
-
 def psnr_overlap(a_psnr, b_psnr) -> float:
     """How many dB the quality ranges of two RD curves share (negative: a gap)."""
     return min(max(a_psnr), max(b_psnr)) - max(min(a_psnr), min(b_psnr))

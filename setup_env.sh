@@ -4,7 +4,7 @@
 #  - otherwise ./.venv is created (first run: a few minutes, ~6.5 GB with a CUDA build of torch)
 #    and re-synced whenever requirements.txt changes.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-_probe='import torch, torchvision, av, cv2, tqdm, numpy, ultralytics, open_clip, transformers, bjontegaard, matplotlib, pytest'
+_probe='import torch, torchvision, av, cv2, tqdm, numpy, ultralytics, open_clip, transformers, bjontegaard, matplotlib, pytest, ray'
 if [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && python -c "$_probe" >/dev/null 2>&1; then
     PY="$(command -v python)"
 else
