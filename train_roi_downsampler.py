@@ -404,7 +404,10 @@ def check_resumable(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
 
 
 def train_one_epoch(run: Run) -> None:
-    """The optimiser steps of epoch run.epoch from step run.step on; run.step/sums follow each step."""
+    """The optimiser steps of epoch run.epoch from step run.step on; run.step/sums follow each step.
+    Steps are global: with N processes each local step is N of them (rank r takes the batches
+    r, r+N, ...), so the schedule, the position saved for --resume and the epoch length do not
+    depend on N."""
     cfg = run.cfg
     use_amp = run.device.type == "cuda"
     run.train_set.epoch = run.epoch
@@ -422,8 +425,9 @@ def train_one_epoch(run: Run) -> None:
         run.scaler.scale(total).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
-        run.scheduler.step()
-        run.step += 1
+        for _ in range(run.world):
+            run.scheduler.step()
+        run.step += run.world
         for k, v in parts.items():
             run.sums[k] = run.sums.get(k, 0.0) + v
         run.count += 1

@@ -171,3 +171,30 @@ def test_unwritable_export_fails_before_training(tmp_path, capsys):
     code = trainer.main(tiny_args(dataset, tmp_path / "run", "--export", str(tmp_path / "file" / "m.pth")))
     assert code == 2 and "--export" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_two_processes_follow_the_same_schedule_as_one(tmp_path):
+    """torchrun with 2 processes (gloo on CPU): steps are global, so the learning-rate schedule ends
+    where a single process's does, every epoch is logged with real losses, and --resume works."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    dataset = make_davis(tmp_path / "davis")
+    repo = Path(__file__).resolve().parents[1]
+
+    def launch(out, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(repo / "train_roi_downsampler.py"), *tiny_args(dataset, out, "--steps_per_epoch", "4"), *extra]
+        env = {**os.environ, "PYTHONPATH": str(repo)}
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
+    res = launch(tmp_path / "ddp")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert trainer.main(tiny_args(dataset, tmp_path / "one", "--steps_per_epoch", "4")) == 0
+    ddp, one = (torch.load(tmp_path / n / "checkpoints" / "latest.pth", weights_only=True) for n in ("ddp", "one"))
+    assert ddp["scheduler"]["last_epoch"] == one["scheduler"]["last_epoch"] == 8
+    assert ddp["scheduler"]["_last_lr"] == pytest.approx(one["scheduler"]["_last_lr"])
+    rows = [json.loads(l) for l in (tmp_path / "ddp" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2] and all(r["train"]["rate"] > 0 for r in rows)
+    res = launch(tmp_path / "ddp", "--resume")  # nothing left to do: it resumes at the end and exits cleanly
+    assert res.returncode == 0 and "resuming" in res.stdout, res.stderr[-2000:]
