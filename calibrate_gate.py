@@ -30,7 +30,8 @@ import metrics
 import rd_control
 from errors import UserError, run_cli
 from roi_downsampler import DEFAULT_BACKGROUND_QUALITY
-from roi_sources import read_mask_file
+import data
+from roi_sources import RoiOptions, check_roi_options, read_mask_file
 from video_io import crop_to_multiple, read_image_rgb
 
 CRFS = (23, 33)
@@ -50,12 +51,16 @@ class CalibrationClip:
 
 def training_sequences(train_args: dict, run_dir: Path):
     """The checkpoint's training sequences (validation split left out) with the masks the network
-    saw, cached where training cached them when ``run_dir`` is its output folder."""
-    import train_roi_downsampler as training
-    fields = training.TrainConfig.__dataclass_fields__
-    cfg = training.TrainConfig(**{k: v for k, v in train_args.items() if k in fields})
-    cfg.seg_imgsz = cfg.seg_imgsz or None
-    _, train, _ = training.prepare_sequences(cfg, run_dir, rank=0)
+    saw, cached where training cached them when ``run_dir`` is its output folder. The detector is
+    loaded weights-only, like every model file."""
+    d = RoiOptions()
+    roi = RoiOptions(train_args.get("roi_source", d.roi_source), train_args.get("seg_model_path", d.seg_model_path),
+                     train_args.get("roi_classes", d.roi_classes), train_args.get("conf", d.conf),
+                     train_args.get("seg_imgsz") or None)
+    check_roi_options(roi)
+    vals = [v for v in str(train_args.get("val_sequences", "")).split(",") if v]
+    _, train, _ = data.prepare_sequences(str(train_args["dataset_path"]).split(","), roi, run_dir, vals,
+                                         float(train_args.get("val_fraction", 0.2)))
     return train
 
 

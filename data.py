@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from roi_sources import read_mask_file
+from roi_sources import (KeyframeSource, MotionSource, RoiOptions, YoloSegmenter, YoloUnavailable, load_yolo,
+                         read_mask_file)
 from video_io import FrameReader, frame_name, is_video_file, list_frame_files, read_image_rgb, write_png
 from errors import UserError, warn
 
@@ -248,3 +249,53 @@ class ClipDataset(torch.utils.data.Dataset):
         f = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255
         m_in, m_score = (torch.from_numpy(np.ascontiguousarray(a))[:, None].float() for a in (given, scored))
         return f, m_in, m_score
+
+
+def mask_source_factory(roi: RoiOptions, needed: bool):
+    """(key, factory) of the ROI source the network sees, following --roi_source; (None, None)
+    when annotations are the input (``masks``, or ``auto`` on a dataset that has them all)."""
+    kind = roi.roi_source
+    if kind == "masks" or not needed:
+        return None, None
+    if kind in ("auto", "yolo"):
+        try:
+            model = load_yolo(roi.seg_model_path)
+            st = Path(roi.seg_model_path).stat() if Path(roi.seg_model_path).is_file() else None
+            seg = YoloSegmenter(model, roi.roi_classes, roi.conf, roi.seg_imgsz)
+            key = source_key({"yolo": str(roi.seg_model_path), "size": st and st.st_size,
+                              "mtime": st and st.st_mtime_ns, "classes": roi.roi_classes,
+                              "conf": roi.conf, "imgsz": seg.imgsz})
+            source = KeyframeSource(seg, interval=1)  # every frame, stateless
+            return key, lambda: source
+        except YoloUnavailable as e:
+            if kind == "yolo":
+                raise
+            warn(f"{e} -- sequences without annotations use --roi_source motion")
+    return source_key({"motion": MotionSource.VERSION}), MotionSource
+
+
+def prepare_sequences(dataset_paths: list[str], roi: RoiOptions, run_dir: Path, val_names: list[str],
+                      val_fraction: float, rank: int = 0):
+    """Sequences with the network's input masks cached (in run_dir/cache), split by sequence into
+    (discovery, train, validation). --roi_source yolo|motion: every sequence gets detector masks as
+    input (annotations, where present, are what the losses score); auto: annotations as input where
+    they exist. Under torchrun rank 0 computes the masks and the others read them."""
+    import torch.distributed as dist
+    found = discover_all(dataset_paths, run_dir / "cache")
+    detect_all = roi.roi_source in ("yolo", "motion")
+    needs = [s for s in found.sequences if detect_all or s.masks is None]
+    key, factory = mask_source_factory(roi, bool(needs))
+    seqs = []
+    for s in found.sequences:
+        if s in needs:
+            if factory is None:
+                found.skipped.append(f"{s.name}: no annotation masks (--roi_source masks)")
+                continue
+            if rank == 0:
+                s = cache_masks(s, factory, key, run_dir / "cache" / "masks")
+        seqs.append(s)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        seqs = [cache_masks(s, factory, key, run_dir / "cache" / "masks") if s in needs else s for s in seqs]
+    train, val = split_sequences(seqs, val_fraction, val_names)
+    return found, train, val

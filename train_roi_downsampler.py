@@ -33,8 +33,7 @@ from blip_clip_loss import (CombinedLoss, LossWeights, PerceptualUnavailable, ar
 from engine import pick_device, tensor_to_frames
 from errors import UserError, run_cli, warn
 from roi_downsampler import DEFAULT_BACKGROUND_QUALITY, DownsamplerConfig, ROIDownsampler
-from roi_sources import (DEFAULT_ROI_CLASSES, DEFAULT_SEG_MODEL, KeyframeSource, MotionSource, YoloSegmenter,
-                         RoiOptions, YoloUnavailable, check_roi_options, load_yolo)
+from roi_sources import DEFAULT_ROI_CLASSES, DEFAULT_SEG_MODEL, RoiOptions, check_roi_options
 from video_io import check_apart
 
 
@@ -116,7 +115,7 @@ def parse_args(argv=None) -> TrainConfig:
         raise UserError(f"--lr must be > 0 and --weight_decay >= 0, got {cfg.lr}, {cfg.weight_decay}")
     if cfg.workers < 0:
         raise UserError(f"--workers must be >= 0, got {cfg.workers}")
-    check_roi_options(RoiOptions(cfg.roi_source, cfg.seg_model_path, cfg.roi_classes, cfg.conf, cfg.seg_imgsz))
+    check_roi_options(roi_of(cfg))
     datasets = {f"--dataset_path {p}": p for p in cfg.dataset_path.split(",") if p}
     check_apart(cfg.output_dir, "--output_dir", {**datasets, "--seg_model_path": cfg.seg_model_path})
     return cfg
@@ -135,52 +134,9 @@ def setup_distributed():
     return dist.get_rank(), dist.get_world_size()
 
 
-def mask_source_factory(cfg: TrainConfig, needed: bool):
-    """(key, factory) of the ROI source the network sees, following --roi_source; (None, None)
-    when annotations are the input (``masks``, or ``auto`` on a dataset that has them all)."""
-    kind = cfg.roi_source
-    if kind == "masks" or not needed:
-        return None, None
-    if kind in ("auto", "yolo"):
-        try:
-            model = load_yolo(cfg.seg_model_path)
-            st = Path(cfg.seg_model_path).stat() if Path(cfg.seg_model_path).is_file() else None
-            seg = YoloSegmenter(model, cfg.roi_classes, cfg.conf, cfg.seg_imgsz)
-            key = data.source_key({"yolo": str(cfg.seg_model_path), "size": st and st.st_size,
-                                   "mtime": st and st.st_mtime_ns, "classes": cfg.roi_classes,
-                                   "conf": cfg.conf, "imgsz": seg.imgsz})
-            source = KeyframeSource(seg, interval=1)  # every frame, stateless
-            return key, lambda: source
-        except YoloUnavailable as e:
-            if kind == "yolo":
-                raise
-            warn(f"{e} -- sequences without annotations use --roi_source motion")
-    return data.source_key({"motion": MotionSource.VERSION}), MotionSource
-
-
-def prepare_sequences(cfg: TrainConfig, run_dir: Path, rank: int):
-    """Sequences with the network's input masks cached, split by sequence into train / validation.
-    --roi_source yolo|motion: every sequence gets detector masks as input (annotations, where
-    present, are what the losses score); auto: annotations as input where they exist."""
-    found = data.discover_all(cfg.dataset_path.split(","), run_dir / "cache")
-    detect_all = cfg.roi_source in ("yolo", "motion")
-    needs = [s for s in found.sequences if detect_all or s.masks is None]
-    key, factory = mask_source_factory(cfg, bool(needs))
-    seqs = []
-    for s in found.sequences:
-        if s in needs:
-            if factory is None:
-                found.skipped.append(f"{s.name}: no annotation masks (--roi_source masks)")
-                continue
-            if rank == 0:
-                s = data.cache_masks(s, factory, key, run_dir / "cache" / "masks")
-        seqs.append(s)
-    if dist.is_initialized():
-        dist.barrier()
-        seqs = [data.cache_masks(s, factory, key, run_dir / "cache" / "masks") if s in needs else s for s in seqs]
-    val_names = [v for v in cfg.val_sequences.split(",") if v]
-    train, val = data.split_sequences(seqs, cfg.val_fraction, val_names)
-    return found, train, val
+def roi_of(cfg: TrainConfig) -> RoiOptions:
+    """The ROI flags of a training run, as every CLI reads them."""
+    return RoiOptions(cfg.roi_source, cfg.seg_model_path, cfg.roi_classes, cfg.conf, cfg.seg_imgsz)
 
 
 def seed_everything(seed: int):
@@ -341,7 +297,9 @@ def setup(cfg: TrainConfig) -> Run:
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
 
-    found, train_seqs, val_seqs = prepare_sequences(cfg, run_dir, rank)
+    found, train_seqs, val_seqs = data.prepare_sequences(cfg.dataset_path.split(","), roi_of(cfg), run_dir,
+                                                         [v for v in cfg.val_sequences.split(",") if v],
+                                                         cfg.val_fraction, rank)
     if rank == 0:
         print(f"dataset: {found.layout} layout, {len(train_seqs)} training / {len(val_seqs)} validation sequences"
               f" ({', '.join(s.name for s in val_seqs) or 'none'}), {len(found.skipped)} skipped")
