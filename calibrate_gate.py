@@ -112,7 +112,8 @@ def verdict(model, clip: CalibrationClip, area: list[np.ndarray] | None) -> floa
         return 0.0
     out, softs, _ = run_with_gate(model, clip, 1.0)
     return float(np.mean([rd_control.model_vs_area_pct(
-        rd_control.decide(out, area, softs, rd_control.EncoderOptions(crf=crf), 25.0)) for crf in CRFS]))
+        rd_control.decide({"area": area, "model": out}, softs, rd_control.EncoderOptions(crf=crf), 25.0))
+        for crf in CRFS]))
 
 
 @torch.no_grad()

@@ -216,21 +216,22 @@ class SequenceWriter:
         self.video = H264Writer(out_dir / "video.mp4", fps, enc.crf, enc.preset, measure=cfg.compare_area)
         self.area = H264Writer(out_dir / ".area.mp4", fps, enc.crf, enc.preset, measure=True) \
             if cfg.compare_area else None
-        self.pending: list = []   # (index, image, soft, area image, frame, mask) of this segment
+        self.pending: list = []   # (index, {source: image}, soft, frame, mask) of this segment
         self.regions: list = []   # per frame: x264 quantiser regions
         self.decisions: list = []
 
     def add(self, i: int, img, soft, area, frame=None, mask=None):
         """One output frame, its soft mask and area downscaling (frame and mask: debug only)."""
-        self.pending.append((i, img, soft, area, frame, mask))
+        self.pending.append((i, {"area": area, "model": img}, soft, frame, mask))
         if len(self.pending) >= self.cfg.enc.segment:
             self.flush()
 
     def choose(self) -> rd_control.Decision:
-        imgs, softs, areas = ([p[k] for p in self.pending] for k in (1, 2, 3))
-        if not self.cfg.enc.rd_control:
-            return rd_control.fixed(self.cfg.enc, self.pending[0][0], len(imgs))
-        return rd_control.decide(imgs, areas, softs, self.cfg.enc, self.fps, self.pending[0][0])
+        start, enc = self.pending[0][0], self.cfg.enc
+        if not enc.rd_control:
+            return rd_control.fixed(enc, start, len(self.pending))
+        frames = {k: [p[1][k] for p in self.pending] for k in self.pending[0][1]}
+        return rd_control.decide(frames, [p[2] for p in self.pending], enc, self.fps, start)
 
     def flush(self):
         import debug_viz
@@ -238,8 +239,9 @@ class SequenceWriter:
             return
         d = self.choose()
         self.decisions.append(d)
-        for i, img, soft, area, frame, mask in self.pending:
-            out, regions = rd_control.output_of(d.choice, img, area, soft)
+        for i, images, soft, frame, mask in self.pending:
+            area = images["area"]
+            out, regions = rd_control.output_of(d.choice, images, soft)
             self.regions.append(regions)
             if self.cfg.save_frames:
                 write_png(self.out_dir / "frames" / frame_name(i), out)

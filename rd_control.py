@@ -164,9 +164,10 @@ def regions_of(choice: Candidate, soft: np.ndarray):
                          soft.shape[1], soft.shape[0])
 
 
-def output_of(choice: Candidate, image, area, soft):
-    """(frame to encode, its x264 quantiser regions) for one frame under a choice."""
-    return (image if choice.background == "model" else area), regions_of(choice, soft)
+def output_of(choice: Candidate, images: dict, soft):
+    """(frame to encode, its x264 quantiser regions) for one frame under a choice; images maps a
+    background source ("area", "model") to this frame's image."""
+    return images[choice.background], regions_of(choice, soft)
 
 
 def trial(frames, area_frames, softs, choice: Candidate, crf: int, fps: float, preset: str) -> dict:
@@ -186,30 +187,32 @@ def _at_least(value, floor) -> bool:
     return value is None or (floor is not None and value >= floor - ROI_TOLERANCE_DB)
 
 
-def decide(model_frames, area_frames, softs, opts: EncoderOptions, fps: float, start: int = 0) -> Decision:
+def decide(frames: dict, softs, opts: EncoderOptions, fps: float, start: int = 0) -> Decision:
     """Trial-encode the start of one segment; return the candidate with the fewest bytes that
-    keeps the objects at --crf and the background at --background_crf (else plain area)."""
+    keeps the objects at --crf and the background at --background_crf (else plain area).
+    frames maps each background source to the segment's frames: "area", and "model" (the
+    network's output)."""
     t0 = time.perf_counter()
-    n = min(opts.trial_frames, len(model_frames))
-    area, softs_n = area_frames[:n], softs[:n]
+    n = min(opts.trial_frames, len(frames["area"]))
+    area, softs_n = frames["area"][:n], softs[:n]
     trials: dict[Candidate, dict] = {}
 
     def measure(c: Candidate) -> dict:
-        frames = (model_frames if c.background == "model" else area_frames)[:n]
-        trials[c] = trial(frames, area, softs_n, c, opts.crf, fps, opts.preset)
+        trials[c] = trial(frames[c.background][:n], area, softs_n, c, opts.crf, fps, opts.preset)
         return trials[c]
 
     ref = measure(AREA)
     best, best_bits = AREA, ref["bits"] * (1 - MARGIN_PCT / 100)
     steps = deltas(opts.max_delta)
     floor = ref["bg_psnr"] if not steps else None  # the background of area coded at --background_crf
+
     def passes(c: Candidate, r: dict) -> bool:
         background_ok = c.background == "area" or _at_least(r["bg_psnr"], floor)  # area: at most max_delta
         r["passes"] = _at_least(r["roi_psnr"], ref["roi_psnr"]) and background_ok
         return background_ok
 
-    for background in ("area", "model"):
-        for delta in steps + ([0] if background == "model" else []):
+    for background in ["area"] + [k for k in frames if k != "area"]:
+        for delta in steps + ([0] if background != "area" else []):
             if time.perf_counter() - t0 > opts.rd_budget:
                 break
             c = Candidate(background, delta)
@@ -228,7 +231,7 @@ def decide(model_frames, area_frames, softs, opts: EncoderOptions, fps: float, s
     for c, r in trials.items():
         r["bytes_vs_area_pct"] = 100 * (r["bits"] / ref["bits"] - 1)
         r.setdefault("passes", c == AREA)
-    return Decision(start, len(model_frames), best, {c.name: r for c, r in trials.items()},
+    return Decision(start, len(frames["area"]), best, {c.name: r for c, r in trials.items()},
                     time.perf_counter() - t0)
 
 
@@ -251,18 +254,18 @@ def fixed(opts: EncoderOptions, start: int, frames: int) -> Decision:
     return Decision(start, frames, Candidate("model", opts.max_delta))
 
 
-def plan(model_frames, area_frames, softs, opts: EncoderOptions, fps: float) -> list[Decision]:
+def plan(frames: dict, softs, opts: EncoderOptions, fps: float) -> list[Decision]:
     """Decisions for a whole clip held in memory (evaluation); inference decides as it streams."""
-    step = opts.segment
+    step, total = opts.segment, len(frames["area"])
     if not opts.rd_control:
-        return [fixed(opts, i, len(model_frames[i:i + step])) for i in range(0, len(model_frames), step)]
-    return [decide(model_frames[i:i + step], area_frames[i:i + step], softs[i:i + step], opts, fps, i)
-            for i in range(0, len(model_frames), step)]
+        return [fixed(opts, i, len(frames["area"][i:i + step])) for i in range(0, total, step)]
+    return [decide({k: v[i:i + step] for k, v in frames.items()}, softs[i:i + step], opts, fps, i)
+            for i in range(0, total, step)]
 
 
-def apply(decisions, model_frames, area_frames, softs):
+def apply(decisions, frames: dict, softs):
     """(frames, per-frame x264 regions) as the decisions say."""
-    per_frame = [output_of(d.choice, model_frames[t], area_frames[t], softs[t])
+    per_frame = [output_of(d.choice, {k: v[t] for k, v in frames.items()}, softs[t])
                  for d in decisions for t in range(d.start, d.start + d.frames)]
     return tuple(list(x) for x in zip(*per_frame))
 

@@ -89,7 +89,8 @@ def test_background_floor_keeps_the_background_close_to_area():
 def decide(model_frames, frames, softs, **opts):
     area = metrics.resize_all(frames, 2)
     enc = rd_control.EncoderOptions(preset="medium", trial_frames=24, **opts)
-    return rd_control.decide(model_frames if model_frames is not None else area, area, softs, enc, 25)
+    return rd_control.decide({"area": area, "model": model_frames if model_frames is not None else area}, softs,
+                             enc, 25)
 
 
 def softs_of(masks):
