@@ -215,6 +215,8 @@ def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=
             r["bd_rate_vs_area"] = metrics.bd_rate(*curve(anchor), *curve(r["rd"]))
             r["psnr_range"] = [min(p["roi_psnr"] for p in r["rd"]), max(p["roi_psnr"] for p in r["rd"])]
             if detector is not None:
+                r["f1_at_area_bytes"] = metrics.quality_at(a23["bytes"], [p["bytes"] for p in r["rd"]],
+                                                           [p["det_f1"] for p in r["rd"]])
                 r["bytes_at_area_f1"] = metrics.bytes_at(a23["det_f1"], [p["bytes"] for p in r["rd"]],
                                                          [p["det_f1"] for p in r["rd"]])
     return {"frames": len(frames), "size": list(size), "roi_fraction": float(roi.mean()), "scale_factor": s,
@@ -238,8 +240,8 @@ def markdown_table(name: str, res: dict) -> str:
              + (f" (IoU {res['mask_iou_vs_gt']:.2f} with the annotation)" if "mask_iou_vs_gt" in res else "") + "; "
              f"score: {res['score_masks']})", "",
              "| method | BD-rate vs area (ROI-PSNR) | bytes @CRF23 | ROI-PSNR @23 | ROI-SSIM @23 | bg-PSNR @23 "
-             "| bg-SSIM @23 | det F1 @23 | bytes at area's F1@23 | bg flicker | fps |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| bg-SSIM @23 | det F1 @23 | F1 at area's bytes@23 | bytes at area's F1@23 | bg flicker | fps |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     anchor = res["methods"].get("area")
     for m, r in res["methods"].items():
         p = point_at(r["rd"], 23)
@@ -248,8 +250,10 @@ def markdown_table(name: str, res: dict) -> str:
                                curve(anchor["rd"])[1] if anchor else [0], curve(r["rd"])[1])
         f1 = f"{p['det_f1']:.2f}" if "det_f1" in p else "-"
         at = r.get("bytes_at_area_f1", float("nan"))
+        f1_at = r.get("f1_at_area_bytes", float("nan"))
         lines.append(f"| {label} | {bd} | {p['bytes']} | {p['roi_psnr']:.2f} | {p['roi_ssim']:.4f} | "
-                     f"{p['bg_psnr']:.2f} | {p['bg_ssim']:.4f} | {f1} | {'n/a' if not np.isfinite(at) else round(at)} | "
+                     f"{p['bg_psnr']:.2f} | {p['bg_ssim']:.4f} | {f1} | {'n/a' if not np.isfinite(f1_at) else f'{f1_at:.2f}'} | "
+                     f"{'n/a' if not np.isfinite(at) else round(at)} | "
                      f"{r['flicker_bg']:.2f} | {r['fps']:.0f} |")
     return "\n".join(lines) + "\n"
 

@@ -165,6 +165,15 @@ def f1_score(tp: int, fp: int, fn: int) -> float:
     return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
 
 
+def quality_at(size: float, rates, qualities) -> float:
+    """A curve's quality at `size` bytes, interpolated in log bytes; nan outside its range."""
+    pts = sorted(zip(rates, qualities))
+    r = np.log([p[0] for p in pts])
+    if not pts or not r[0] <= math.log(size) <= r[-1]:
+        return float("nan")
+    return float(np.interp(math.log(size), r, [p[1] for p in pts]))
+
+
 def bytes_at(target: float, rates, qualities) -> float:
     """Bytes at which a curve (points in any order) first reaches `target` quality, linearly
     interpolated between the two points around it; nan when it never does or always does."""

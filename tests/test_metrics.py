@@ -145,3 +145,9 @@ def test_summary_table_gives_per_clip_rows_and_the_median():
     assert rows[-2].startswith("| **median, moving end_to_end**") and cells[3] == " -20.0% (3) "
     assert cells[6:8] == [" -10.0% (3) ", " -3.0% (2) "] and cells[4:6] == [" +0.0 dB (3) ", " -2.0 dB (3) "]
     assert rows[-1].startswith("| **median, moving oracle**") and rows[-1].split("|")[6:8] == [" -50.0% (1) ", " -40.0% (1) "]
+
+
+def test_quality_at_interpolates_in_log_bytes_and_refuses_to_extrapolate():
+    assert metrics.quality_at(100, [400, 50, 200], [0.9, 0.5, 0.7]) == pytest.approx(0.6)  # halfway in log2
+    assert np.isnan(metrics.quality_at(10, [50, 200], [0.5, 0.7]))
+    assert np.isnan(metrics.quality_at(500, [50, 200], [0.5, 0.7]))
