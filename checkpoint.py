@@ -51,6 +51,10 @@ def read(path) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found; train one with `bash train.sh` or pass "
                         f"--checkpoint_path to an existing .pth")
+    import zipfile
+    if not zipfile.is_zipfile(path):  # every torch.save since PyTorch 1.6 is a zip archive
+        raise UserError(f"{path}: not a PyTorch checkpoint (corrupt, truncated, or another format); use a "
+                        f".pth written by train_roi_downsampler.py (e.g. models/roi_downsampler_x2.pth)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -72,7 +76,7 @@ def read(path) -> dict:
     if missing:
         raise UserError(f"{path}: checkpoint lacks {', '.join(missing)}; it is damaged or from another tool")
     if not isinstance(ckpt["scale_factor"], int) or isinstance(ckpt["scale_factor"], bool) \
-            or ckpt["scale_factor"] not in (2, 3, 4, 8):
+            or ckpt["scale_factor"] not in (2, 4):
         raise UserError(f"{path}: checkpoint scale_factor {ckpt['scale_factor']!r} is not 2 or 4; "
                         f"the file is damaged or from another tool")
     if not isinstance(ckpt["config"], dict) or not isinstance(ckpt["model"], dict):

@@ -281,8 +281,9 @@ class SequenceWriter:
                 "trial_bytes_vs_area_pct": rd_control.trial_saving(self.decisions)}
 
 
-def read_frames(reader: FrameReader, source, s: int, seconds: dict, bar):
-    """(frame, mask) pairs: read, crop to a multiple of s, find the ROI; timed per stage."""
+def read_frames(reader: FrameReader, source, s: int, seconds: dict, bar, names: list):
+    """(frame, mask) pairs: read, crop to a multiple of s, find the ROI; timed per stage. The input
+    file name of each output frame is appended to names (frame folders)."""
     frames = iter(reader)
     while True:
         with timed(seconds, "read"):
@@ -292,6 +293,7 @@ def read_frames(reader: FrameReader, source, s: int, seconds: dict, bar):
         frame = crop_to_multiple(frame, s)
         with timed(seconds, "segment"):
             mask = source.mask(frame, reader.last_name).astype(np.float32)
+        names.append(reader.last_name)
         bar.update()
         yield frame, mask
 
@@ -306,9 +308,9 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
     t_start = time.perf_counter()
     try:
         with tqdm(total=reader.info.num_frames or None, desc=f"downsampling {seq_path.name}", unit="frame") as bar:
-            waited: dict = {}
-            chunks = engine.stream(model, engine.prefetch(read_frames(reader, source, cfg.scale_factor, seconds, bar),
-                                                          waited=waited), cfg.batch_size, device)
+            waited, names = {}, []
+            frames_in = read_frames(reader, source, cfg.scale_factor, seconds, bar, names)
+            chunks = engine.stream(model, engine.prefetch(frames_in, waited=waited), cfg.batch_size, device)
             while True:
                 t = time.perf_counter()
                 chunk = next(chunks, None)
@@ -344,6 +346,7 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
         "output_size": [reader.info.width // cfg.scale_factor, reader.info.height // cfg.scale_factor],
         "fps": reader.info.fps, "roi_source": source_used, "skipped_frames": reader.skipped,
         "seg_imgsz": getattr(getattr(source, "segmenter", None), "imgsz", None),
+        "input_frames": names if reader.files else None,  # output frame i was made from input_frames[i]
         **measured, "encoder": asdict(cfg.enc), "background_crf": cfg.enc.crf + cfg.enc.max_delta,
         **writer.report(),
         "stage_fps": {k: (n / v if v > 0 else None) for k, v in seconds.items()},

@@ -95,7 +95,7 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
         load_model(path, expected_scale=2)
     corrupt = tmp_path / "bad.pth"
     corrupt.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(UserError, match="corrupt"):
+    with pytest.raises(UserError, match="corrupt, truncated"):
         load_model(corrupt)
     torch.save({"state_dict": {}}, tmp_path / "other.pth")
     with pytest.raises(UserError, match="not an ROI downsampler"):

@@ -186,6 +186,7 @@ def test_masks_stay_with_their_frames_when_a_frame_is_skipped(tmp_path, ckpt, ca
     code, _ = run(["--input_dir", clip, "--output_dir", out, "--checkpoint_path", ckpt, "--roi_source", "masks",
                    "--masks_dir", masks, "--skip_bad_frames", "--save_frames"], capsys)
     assert code == 0
+    assert json.loads((out / "report.json").read_text())["input_frames"][2:4] == ["002.png", "004.png"]
     soft = read_image_rgb(out / "masks" / "00003.png")[..., 0] > 128  # output 3 is input frame 004
     truth = read_image_rgb(masks / "004.png")[::2, ::2, 0] > 0
     assert (soft & truth).sum() == truth.sum() and (soft & ~truth).sum() < truth.sum()
@@ -380,3 +381,11 @@ def test_resume_that_cannot_continue_is_one_line(tmp_path, capsys, case):
     assert train_roi_downsampler.main(args) == 2
     err = capsys.readouterr().err
     assert err.count("error: ") == 1 and "--resume" in err, err
+
+
+def test_random_bytes_are_not_called_a_malicious_pickle(tmp_path, capsys):
+    bad = tmp_path / "random.pth"
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    clip, _ = clip_folder(tmp_path, n=3)
+    code, err = run(["--input_dir", clip, "--output_dir", tmp_path / "out", "--checkpoint_path", bad], capsys)
+    assert one_line_error(code, err) and "not a PyTorch checkpoint" in err and "Python objects" not in err
