@@ -194,7 +194,8 @@ def test_masks_stay_with_their_frames_when_a_frame_is_skipped(tmp_path, ckpt, ca
 
 @pytest.mark.parametrize("flags", [["--fps", "-5"], ["--fps", "nan"], ["--fps", "0"], ["--device", "tpu"],
                                    ["--threads", "-1"], ["--debug_every", "0"], ["--keyframe_interval", "0"],
-                                   ["--crf", "60"], ["--background_crf", "10"], ["--background_crf", "x"]])
+                                   ["--crf", "60"], ["--background_crf", "10"], ["--background_crf", "x"],
+                                   ["--conf", "5"], ["--conf", "nan"], ["--threads", "100000"], ["--seg_imgsz", "0"]])
 def test_bad_flags_are_one_line(tmp_path, ckpt, capsys, flags):
     clip, _ = clip_folder(tmp_path, n=3)
     code, err = run(["--input_dir", clip, "--output_dir", tmp_path / "out", "--checkpoint_path", ckpt,
@@ -332,15 +333,6 @@ def test_a_file_renamed_onnx_is_one_line(tmp_path, ckpt, capsys, content):
     code, err = run(["--input_dir", clip, "--output_dir", tmp_path / "out", "--checkpoint_path", ckpt,
                      "--seg_model_path", bad], capsys)
     assert one_line_error(code, err) and "seg.onnx" in err and not (tmp_path / "out").exists()
-
-
-@pytest.mark.parametrize("flags", [["--conf", "5"], ["--conf", "nan"], ["--threads", "100000"],
-                                   ["--seg_imgsz", "0"]])
-def test_more_bad_flags_are_one_line(tmp_path, ckpt, capsys, flags):
-    clip, _ = clip_folder(tmp_path, n=3)
-    code, err = run(["--input_dir", clip, "--output_dir", tmp_path / "out", "--checkpoint_path", ckpt,
-                     "--roi_source", "motion", *flags], capsys)
-    assert one_line_error(code, err) and flags[0] in err and not (tmp_path / "out").exists()
 
 
 def test_leftovers_of_a_killed_run_are_removed_by_the_next(tmp_path, ckpt, capsys):
