@@ -67,15 +67,14 @@ def complete(result: Path) -> bool:
         (result / "report.json").is_file()
 
 
-def run_one(cfg, name: str, src: str, out: str) -> dict:
-    """One video as inference.py runs it, in a Ray worker: a row of the summary, never an exception
-    for bad input (the others go on)."""
-    import inference
+def run_one(single, cfg, name: str, src: str, out: str) -> dict:
+    """One video as a single inference.py run (`single`: inference.run) writes it, in a Ray worker:
+    a row of the summary, never an exception for bad input (the others go on)."""
     from errors import describe_os_error
     cfg = dataclasses.replace(cfg, input_dir=src, output_dir=out, ray=None)
     row = {"name": name, "input": src}
     try:
-        report = inference.run(cfg)[0]
+        report = single(cfg)[0]
     except UserError as e:
         return {**row, "status": "failed", "error": str(e)}
     except OSError as e:
@@ -101,8 +100,9 @@ def connect(address: str) -> None:
                         f"`ray start --head`, set RAY_ADDRESS, or use --ray local") from None
 
 
-def run(cfg) -> int:
-    """--ray: every video of cfg.input_dir as its own Ray task; returns the exit code."""
+def run(cfg, single) -> int:
+    """--ray: every video of cfg.input_dir as its own Ray task running single(cfg) (inference.run);
+    returns the exit code."""
     import ray
     out = Path(cfg.output_dir)
     inputs = list_inputs(Path(cfg.input_dir))
@@ -121,7 +121,7 @@ def run(cfg) -> int:
     if todo:
         connect(cfg.ray)
         task = ray.remote(run_one).options(num_cpus=threads, max_retries=1)
-        pending = {task.remote(dataclasses.replace(cfg, threads=threads), name, str(src), str(out / name)): name
+        pending = {task.remote(single, dataclasses.replace(cfg, threads=threads), name, str(src), str(out / name)): name
                    for name, src in todo}
         with tqdm(total=len(inputs), initial=len(rows), desc="videos", unit="video") as bar:
             while pending:

@@ -411,7 +411,7 @@ def main(argv=None) -> int:
         if cfg.ray:
             import batch
             check_config(cfg)
-            return batch.run(cfg)
+            return batch.run(cfg, run)
         return run(cfg) and 0
     return run_cli(start, args, "complete results were kept; run the same command again")
 
