@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input_dir", default=None, help="folder of frames, a video file, or a folder of sequences "
                    "(default: the embedded demo clip)")
-    p.add_argument("--output_dir", default=d.output_dir, help="where video.mp4 and report.json (and frames/, masks/, debug/ on request) go "
-                   "(a previous result there is replaced as a whole; other files there are an error)")
+    p.add_argument("--output_dir", default=d.output_dir, help="where video.mp4 and report.json go (frames/, masks/, "
+                   "debug/ on request); an earlier result there is replaced as a whole, anything else is an error")
     p.add_argument("--checkpoint_path", default=None, help="trained .pth (default: models/roi_downsampler_x{s}.pth)")
     p.add_argument("--scale_factor", type=int, default=d.scale_factor, choices=[2, 4], help="downscale factor")
     p.add_argument("--debug", action="store_true", help="write debug/ side-by-sides and a parameter plot")
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_encoder_args(p)
     p.add_argument("--no_compare_area", dest="compare_area", action="store_false",
                    help="skip the second encode, of plain area downscaling at --crf, that the last line and "
-                        "report.json compare video.mp4 with (saves ~15%% of the time)")
+                        "report.json compare video.mp4 with")
     p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:0, or auto (CUDA when present)")
     p.add_argument("--batch_size", type=int, default=d.batch_size,
                    help="frames per network call (the result does not depend on it)")
@@ -123,8 +123,6 @@ def check_config(cfg: InferenceConfig) -> None:
     if not (cfg.background_quality == 0 or 10 <= cfg.background_quality <= 100):
         raise UserError(f"--background_quality must be 0 (off) or 10..100 dB, got {cfg.background_quality}")
     rd_control.check(cfg.enc)
-    if cfg.roi.keyframe_interval < 1:
-        raise UserError(f"--keyframe_interval must be >= 1, got {cfg.roi.keyframe_interval}")
 
 
 def load_downsampler(cfg: InferenceConfig) -> tuple[ROIDownsampler, str]:

@@ -77,7 +77,7 @@ def add_encoder_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--background_crf", default=None,
                    help=f"background's quality floor as a CRF (default: --crf + {BACKGROUND_CRF_STEP}); "
                         f"'same' = the background as good as the objects (no ROI coding)")
-    p.add_argument("--preset", default=d.preset, choices=PRESETS, metavar="PRESET",
+    p.add_argument("--preset", default=d.preset, metavar="PRESET",
                    help=f"x264 preset of video.mp4 and its trials ({', '.join(PRESETS)})")
     p.add_argument("--rd_control", default="on", choices=["on", "off"],
                    help="on: per segment, trial-encode the candidates (network/area background x background CRF) "

@@ -195,7 +195,8 @@ def test_masks_stay_with_their_frames_when_a_frame_is_skipped(tmp_path, ckpt, ca
 @pytest.mark.parametrize("flags", [["--fps", "-5"], ["--fps", "nan"], ["--fps", "0"], ["--device", "tpu"],
                                    ["--threads", "-1"], ["--debug_every", "0"], ["--keyframe_interval", "0"],
                                    ["--crf", "60"], ["--background_crf", "10"], ["--background_crf", "x"],
-                                   ["--conf", "5"], ["--conf", "nan"], ["--threads", "100000"], ["--seg_imgsz", "0"]])
+                                   ["--conf", "5"], ["--conf", "nan"], ["--threads", "100000"], ["--seg_imgsz", "0"],
+                                   ["--preset", "bogus"]])
 def test_bad_flags_are_one_line(tmp_path, ckpt, capsys, flags):
     clip, _ = clip_folder(tmp_path, n=3)
     code, err = run(["--input_dir", clip, "--output_dir", tmp_path / "out", "--checkpoint_path", ckpt,
