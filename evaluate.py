@@ -436,6 +436,19 @@ def build_parser():
     return p
 
 
+def run_signature(args, enc, crfs, methods, masks_from: str) -> str:
+    """What a clip's result depends on: a result stored under OUTPUT_DIR/clips/ with the same
+    signature is reused, so an interrupted --suite continues where it stopped."""
+    import hashlib
+    ckpt = Path(args.checkpoint_path or checkpoint.default_path(args.scale_factor))
+    stamp = ckpt.stat().st_mtime_ns if ckpt.is_file() else None
+    code = hashlib.sha1(b"".join((paths.REPO / f).read_bytes() for f in (
+        "evaluate.py", "rd_control.py", "roi_downsampler.py", "video_io.py", "metrics.py", "engine.py"))).hexdigest()
+    return json.dumps([code, str(ckpt), stamp, args.scale_factor, crfs, methods, dataclasses.asdict(enc), args.max_frames,
+                       args.det_every, args.detector_path, args.background_strength, args.background_quality,
+                       masks_from], sort_keys=True, default=str)
+
+
 def parse_crfs(text: str) -> list[int]:
     try:
         crfs = [int(c) for c in text.split(",")]
@@ -477,7 +490,7 @@ def run(args) -> int:
     enc = encoder_options(args)
     detector = load_detector(args.detector_path)
     opts = roi_options(args)
-    notes = []
+    notes, segmenters = [], {}
     if args.suite:
         jobs, notes = suite_jobs()
         segmenters, more = suite_segmenters(opts.seg_model_path)
@@ -508,7 +521,7 @@ def run(args) -> int:
         frames, names, fps = load_clip(path, args.scale_factor, args.max_frames)
         gt = clip_masks(frames, names, RoiOptions(roi_source="masks", masks_dir=str(gt_dir)))[0] if gt_dir else None
         for mode in modes:
-            if mode == "oracle" and gt is None or mode == "weak_detector" and not segmenters[mode]:
+            if mode == "oracle" and gt is None or mode == "weak_detector" and not segmenters.get(mode):
                 continue
             if mode == "oracle":
                 masks, used = gt, "ground truth (oracle)"
@@ -520,14 +533,24 @@ def run(args) -> int:
                 used = f"{used} {Path(seg).name}" if seg else used
             else:
                 masks, used = clip_masks(frames, names, opts)
-            res = evaluate_clip(frames, masks, methods, args.scale_factor, crfs, fps, model, name,
-                                gt_masks=gt, detector=detector, det_every=args.det_every, enc=enc)
-            if gt is not None and mode != "oracle":
-                res["mask_iou_vs_gt"] = metrics.mask_iou(masks, gt)
-            res.update(roi_source=used, group=group,
-                       mode=mode if mode != "given" else ("scored on --gt_masks" if gt else "oracle"),
-                       score_masks="human annotation" if gt is not None else "the methods' own masks (oracle)")
             key = f"{name} [{mode}]" if args.suite else name
+            if args.suite and gt is None and not any(m.any() for m in masks):
+                notes.append(f"{key}: no object of --roi_classes found and no annotation to score: left out")
+                warn(notes[-1])
+                continue
+            done = out_dir / "clips" / f"{key.replace(' ', '_').replace('/', '_')}.json"
+            signature = run_signature(args, enc, crfs, methods, used)
+            if done.is_file() and json.loads(done.read_text()).get("signature") == signature:
+                res = json.loads(done.read_text())["result"]  # measured by an earlier, interrupted run
+            else:
+                res = evaluate_clip(frames, masks, methods, args.scale_factor, crfs, fps, model, name,
+                                    gt_masks=gt, detector=detector, det_every=args.det_every, enc=enc)
+                if gt is not None and mode != "oracle":
+                    res["mask_iou_vs_gt"] = metrics.mask_iou(masks, gt)
+                res.update(roi_source=used, group=group,
+                           mode=mode if mode != "given" else ("scored on --gt_masks" if gt else "oracle"),
+                           score_masks="human annotation" if gt is not None else "the methods' own masks (oracle)")
+                atomic_write_bytes(done, json.dumps({"signature": signature, "result": res}).encode())
             results[key] = res
             tables.append(markdown_table(key, res) + "\n" + same_crf_table(res))
             print(tables[-1])

@@ -1,3 +1,4 @@
+import json
 """The evaluation's measurements on constructed cases whose answers are known."""
 import math
 
@@ -151,3 +152,22 @@ def test_quality_at_interpolates_in_log_bytes_and_refuses_to_extrapolate():
     assert metrics.quality_at(100, [400, 50, 200], [0.9, 0.5, 0.7]) == pytest.approx(0.6)  # halfway in log2
     assert np.isnan(metrics.quality_at(10, [50, 200], [0.5, 0.7]))
     assert np.isnan(metrics.quality_at(500, [50, 200], [0.5, 0.7]))
+
+
+def test_an_interrupted_evaluation_continues_where_it_stopped(tmp_path, monkeypatch, frame_folder):
+    """Each clip's result is stored as it is measured; the same command again reuses it."""
+    import evaluate
+    args = ["--input", str(frame_folder), "--gt_masks", str(tmp_path / "clip_masks"), "--roi_source", "masks",
+            "--masks_dir", str(tmp_path / "clip_masks"), "--methods", "area,bicubic", "--detector_path", "none",
+            "--output_dir", str(tmp_path / "eval")]
+    assert evaluate.main(args) == 0
+    first = json.loads((tmp_path / "eval" / "results.json").read_text())["clips"]
+    assert list((tmp_path / "eval" / "clips").glob("*.json"))
+
+    def refuse(*a, **k):
+        raise AssertionError("measured again")
+    monkeypatch.setattr(evaluate, "evaluate_clip", refuse)
+    assert evaluate.main(args) == 0
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["clips"] == first
+    with pytest.raises(AssertionError, match="measured again"):  # another output folder: measured anew
+        evaluate.main(args[:-1] + [str(tmp_path / "other")])
