@@ -95,12 +95,15 @@ def _segmenters() -> list[tuple[str, object, tuple]]:
     return found
 
 
+# a child's own peak: VmHWM (ru_maxrss would also count the parent's peak, inherited at fork)
+PEAK_LINE = "print('PEAK', next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')))"
+
+
 def _timed_process(args: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS MB) of one child process."""
-    code = (f"import resource, runpy, sys\nsys.argv = {args!r}\n"
+    code = (f"import runpy, sys\nsys.argv = {args!r}\n"
             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
-            "except SystemExit as e:\n    assert not e.code, e.code\n"
-            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+            "except SystemExit as e:\n    assert not e.code, e.code\n" + PEAK_LINE)
     t = time.perf_counter()
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     wall = time.perf_counter() - t
@@ -156,9 +159,8 @@ def bench_memory(threads: int = 2):
     for n in (60, 600):
         clip = _clip_720p(n)
         with tempfile.TemporaryDirectory() as out:
-            code = ("import resource, sys, inference; sys.argv=['inference.py','--input_dir',%r,'--output_dir',%r,"
-                    "'--roi_source','motion','--threads','%d']; inference.main(); "
-                    "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)") % (str(clip), out, threads)
+            code = ("import sys, inference; sys.argv=['inference.py','--input_dir',%r,'--output_dir',%r,"
+                    "'--roi_source','motion','--threads','%d']; inference.main()\n" % (str(clip), out, threads)) + PEAK_LINE
             res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
             peak = [l for l in res.stdout.splitlines() if l.startswith("PEAK")]
             if not peak:
