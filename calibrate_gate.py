@@ -15,8 +15,13 @@ object (the temporal mask gate's bias). `bash train.sh` runs this after training
 """
 from __future__ import annotations
 
-import argparse
 import sys
+
+if __name__ == "__main__":  # before the heavy imports: Ctrl-C while they load is one line
+    from errors import quiet_interrupts
+    quiet_interrupts()
+
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -66,3 +66,35 @@ def run_cli(run, args, interrupted_message: str = "interrupted") -> int:
 def _main_thread() -> bool:
     import threading
     return threading.current_thread() is threading.main_thread()
+
+
+def quiet_interrupts() -> None:
+    """For a CLI's start-up, before its heavy imports: Ctrl-C while torch and friends load ends with
+    one line and exit code 130, not a traceback (run_cli takes over once the CLI runs)."""
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if issubclass(kind, KeyboardInterrupt):
+            print("interrupted: nothing was written", file=sys.stderr, flush=True)
+            import os
+            os._exit(130)
+        previous(kind, value, tb)
+    sys.excepthook = hook
+
+
+class no_interrupts:
+    """A block Ctrl-C and SIGTERM cannot cut short (saving the checkpoint after a first Ctrl-C): they
+    are held and delivered when it ends."""
+
+    def __enter__(self):
+        self.pending, self.previous = [], {}
+        if _main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, lambda s, f: self.pending.append(s))
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        if self.pending and exc[0] is None:
+            raise Terminated() if self.pending[-1] == signal.SIGTERM else KeyboardInterrupt()

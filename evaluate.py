@@ -22,11 +22,16 @@ reports), bicubic, lanczos, blur_heuristic. The clip is held in memory: short cl
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # before the heavy imports: Ctrl-C while they load is one line
+    from errors import quiet_interrupts
+    quiet_interrupts()
+
 import argparse
 import dataclasses
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 

@@ -10,12 +10,17 @@ result or nothing new.
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # before the heavy imports: Ctrl-C while they load is one line
+    from errors import quiet_interrupts
+    quiet_interrupts()
+
 import argparse
 import json
 import math
 import os
 import queue
-import sys
 import threading
 import time
 from collections import defaultdict

@@ -9,12 +9,17 @@ the exact step, because every sample's randomness is a function of (seed, epoch,
 """
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # before the heavy imports: Ctrl-C while they load is one line
+    from errors import quiet_interrupts
+    quiet_interrupts()
+
 import argparse
 import json
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +36,7 @@ import metrics
 from blip_clip_loss import (CombinedLoss, LossWeights, PerceptualUnavailable, area_reference, load_perceptual,
                             rate_proxy, tensor_roi_at_output)
 from engine import pick_device, tensor_to_frames
-from errors import UserError, run_cli, warn
+from errors import UserError, no_interrupts, run_cli, warn
 from roi_downsampler import DEFAULT_BACKGROUND_QUALITY, DownsamplerConfig, ROIDownsampler
 from roi_sources import DEFAULT_ROI_CLASSES, DEFAULT_SEG_MODEL, RoiOptions, check_roi_options
 from video_io import check_apart
@@ -424,8 +429,10 @@ def train(cfg: TrainConfig) -> dict:
             row = end_of_epoch(run, time.time() - t0)
     except KeyboardInterrupt:
         # the position saved is exact: an interrupt during validation resumes at "all steps done",
-        # which validates the finished epoch and goes on (the epoch's loss sums are kept too)
-        run.save(run.latest, {"interrupted": True})
+        # which validates the finished epoch and goes on (the epoch's loss sums are kept too); a
+        # second Ctrl-C waits for the save
+        with no_interrupts():
+            run.save(run.latest, {"interrupted": True})
         if run.main_process:
             print(f"\ninterrupted: saved {run.latest} (epoch {run.epoch + 1}, step {run.step}); continue with "
                   f"--resume", file=sys.stderr)

@@ -382,3 +382,33 @@ def test_random_bytes_are_not_called_a_malicious_pickle(tmp_path, capsys):
     clip, _ = clip_folder(tmp_path, n=3)
     code, err = run(["--input_dir", clip, "--output_dir", tmp_path / "out", "--checkpoint_path", bad], capsys)
     assert one_line_error(code, err) and "not a PyTorch checkpoint" in err and "Python objects" not in err
+
+
+@pytest.mark.parametrize("script", ["inference.py", "evaluate.py", "train_roi_downsampler.py", "calibrate_gate.py"])
+def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path, script):
+    """SIGINT a fraction of a second after start (torch and friends are still importing)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, str(repo / script), "--help"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+    time.sleep(0.4)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip().splitlines() == ["interrupted: nothing was written"], err
+
+
+def test_a_second_ctrl_c_waits_for_the_checkpoint_being_saved(tmp_path):
+    import os
+    import signal
+    from errors import no_interrupts
+    saved = []
+    with pytest.raises(KeyboardInterrupt):
+        with no_interrupts():
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while "saving"
+            saved.append("checkpoint")
+    assert saved == ["checkpoint"]
