@@ -207,59 +207,34 @@ class OrderedWorker:
 
 
 class SequenceWriter:
-    """The output contract of one sequence, a segment at a time: per segment the closed loop
-    (rd_control) chooses the background (network or area) and how much coarser x264 codes it;
-    then video.mp4, plain area downscaling at --crf for comparison (both decoded as they are
-    written and measured against area downscaling), PNG frames and masks on request, and debug
-    side-by-sides."""
+    """The output contract of one sequence, a decided frame at a time: video.mp4, plain area
+    downscaling at --crf for comparison (both decoded as they are written and measured against
+    area downscaling), PNG frames and masks on request, debug side-by-sides."""
 
     def __init__(self, out_dir: Path, fps: float, cfg: InferenceConfig):
-        self.out_dir, self.cfg, self.fps = out_dir, cfg, fps
+        self.out_dir, self.cfg = out_dir, cfg
         enc = cfg.enc
         self.video = H264Writer(out_dir / "video.mp4", fps, enc.crf, enc.preset, measure=cfg.compare_area)
         self.area = H264Writer(out_dir / ".area.mp4", fps, enc.crf, enc.preset, measure=True) \
             if cfg.compare_area else None
-        self.pending: list = []   # (index, {source: image}, soft, frame, mask) of this segment
         self.regions: list = []   # per frame: x264 quantiser regions
-        self.decisions: list = []
 
-    def add(self, i: int, img, soft, area, frame=None, mask=None):
-        """One output frame, its soft mask and area downscaling (frame and mask: debug only)."""
-        self.pending.append((i, {"area": area, "model": img}, soft, frame, mask))
-        if len(self.pending) >= self.cfg.enc.segment:
-            self.flush()
-
-    def choose(self) -> rd_control.Decision:
-        start, enc = self.pending[0][0], self.cfg.enc
-        if not enc.rd_control:
-            return rd_control.fixed(enc, start, len(self.pending))
-        frames = {k: [p[1][k] for p in self.pending] for k in self.pending[0][1]}
-        return rd_control.decide(frames, [p[2] for p in self.pending], enc, self.fps, start)
-
-    def flush(self):
-        import debug_viz
-        if not self.pending:
-            return
-        d = self.choose()
-        self.decisions.append(d)
-        for i, images, soft, frame, mask in self.pending:
-            area = images["area"]
-            out, regions = rd_control.output_of(d.choice, images, soft)
-            self.regions.append(regions)
-            if self.cfg.save_frames:
-                write_png(self.out_dir / "frames" / frame_name(i), out)
-                write_png(self.out_dir / "masks" / frame_name(i), soft)
-            reference = (area, rd_control.roi_of(soft))
-            self.video.write(out, regions, reference)
-            if self.area is not None:
-                self.area.write(area, (), reference)
-            if frame is not None:
-                debug_viz.write_side_by_side(self.out_dir / "debug" / frame_name(i), frame, mask, soft, out)
-        self.pending = []
+    def write(self, i: int, out, regions, area, soft, debug=None):
+        """One frame as decided: the image to encode and its x264 regions; debug: (input, mask) or None."""
+        self.regions.append(regions)
+        if self.cfg.save_frames:
+            write_png(self.out_dir / "frames" / frame_name(i), out)
+            write_png(self.out_dir / "masks" / frame_name(i), soft)
+        reference = (area, rd_control.roi_of(soft))
+        self.video.write(out, regions, reference)
+        if self.area is not None:
+            self.area.write(area, (), reference)
+        if debug is not None:
+            import debug_viz
+            debug_viz.write_side_by_side(self.out_dir / "debug" / frame_name(i), *debug, soft, out)
 
     def close(self) -> dict:
         """video.mp4's bytes and, with the comparison, area's, and both qualities as decoded."""
-        self.flush()
         result = {"video_bytes": self.video.close()}
         if self.area is not None:
             result["area_video_bytes"] = self.area.close()
@@ -274,14 +249,6 @@ class SequenceWriter:
         self.video.abort()
         if self.area is not None:
             self.area.abort()
-
-    def report(self) -> dict:
-        return {"x264_regions": [[[list(r), q] for r, q in regs] for regs in self.regions],
-                "background_crf_delta": [d.choice.delta for d in self.decisions for _ in range(d.frames)],
-                "rd_control": [{"start": d.start, "frames": d.frames, "choice": d.choice.name, "seconds": d.seconds,
-                                "trials": d.trials} for d in self.decisions],
-                "rd_control_seconds": sum(d.seconds for d in self.decisions),
-                "trial_bytes_vs_area_pct": rd_control.trial_saving(self.decisions)}
 
 
 def read_frames(reader: FrameReader, source, s: int, seconds: dict, bar, names: list):
@@ -302,12 +269,17 @@ def read_frames(reader: FrameReader, source, s: int, seconds: dict, bar, names: 
 
 
 def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, device, roi_factory=None) -> dict:
-    """Stream one sequence: read -> ROI -> network -> write, into out_dir."""
+    """Stream one sequence: read -> ROI (input thread) -> network -> decide -> write (output thread)."""
     reader = FrameReader(seq_path, fps=cfg.fps, skip_bad=cfg.skip_bad_frames)
     frame_names = [f.name for f in reader.files] if reader.files else None
     source, source_used = (roi_factory or make_roi_source)(cfg.roi, frame_names=frame_names, device=str(device))
     seconds, params_log, n = defaultdict(float), [], 0
+    decider = rd_control.SegmentDecider(cfg.enc, reader.info.fps)
     writer, jobs = SequenceWriter(out_dir, reader.info.fps, cfg), OrderedWorker()
+
+    def decide_and_write(decided):
+        for frame_out in decided:
+            writer.write(*frame_out)
     t_start = time.perf_counter()
     try:
         with tqdm(total=reader.info.num_frames or None, desc=f"downsampling {seq_path.name}", unit="frame") as bar:
@@ -324,10 +296,12 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
                     debug = cfg.debug and n % cfg.debug_every == 0
                     s = cfg.scale_factor
                     area = cv2.resize(frame, (frame.shape[1] // s, frame.shape[0] // s), interpolation=cv2.INTER_AREA)
-                    extra = (frame, mask) if debug else ()  # full-resolution frames only travel when needed
-                    jobs.submit(lambda i=n, a=(img, soft, area, *extra): writer.add(i, *a))
+                    carried = (frame, mask) if debug else None  # full-resolution frames only travel when needed
+                    jobs.submit(lambda i=n, a=({"area": area, "model": img}, soft, carried):
+                                decide_and_write(decider.add(i, *a)))
                     params_log.append(params)
                     n += 1
+        jobs.submit(lambda: decide_and_write(decider.flush()))
         jobs.close()
         with timed(seconds, "write"):
             measured = writer.close()
@@ -351,7 +325,7 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
         "seg_imgsz": getattr(getattr(source, "segmenter", None), "imgsz", None),
         "input_frames": names if reader.files else None,  # output frame i was made from input_frames[i]
         **measured, "encoder": asdict(cfg.enc), "background_crf": cfg.enc.crf + cfg.enc.max_delta,
-        **writer.report(),
+        "x264_regions": [[[list(r), q] for r, q in regs] for regs in writer.regions], **decider.report(),
         "stage_fps": {k: (n / v if v > 0 else None) for k, v in seconds.items()},
         "overall_fps": n / elapsed, "seconds": elapsed, "parameters": params_log,
     }

@@ -255,12 +255,12 @@ def fixed(opts: EncoderOptions, start: int, frames: int) -> Decision:
 
 
 def plan(frames: dict, softs, opts: EncoderOptions, fps: float) -> list[Decision]:
-    """Decisions for a whole clip held in memory (evaluation); inference decides as it streams."""
-    step, total = opts.segment, len(frames["area"])
-    if not opts.rd_control:
-        return [fixed(opts, i, len(frames["area"][i:i + step])) for i in range(0, total, step)]
-    return [decide({k: v[i:i + step] for k, v in frames.items()}, softs[i:i + step], opts, fps, i)
-            for i in range(0, total, step)]
+    """Decisions for a whole clip held in memory (evaluation), made as inference makes them."""
+    decider = SegmentDecider(opts, fps)
+    for i, soft in enumerate(softs):
+        decider.add(i, {k: v[i] for k, v in frames.items()}, soft)
+    decider.flush()
+    return decider.decisions
 
 
 def apply(decisions, frames: dict, softs):
@@ -268,6 +268,44 @@ def apply(decisions, frames: dict, softs):
     per_frame = [output_of(d.choice, {k: v[t] for k, v in frames.items()}, softs[t])
                  for d in decisions for t in range(d.start, d.start + d.frames)]
     return tuple(list(x) for x in zip(*per_frame))
+
+
+class SegmentDecider:
+    """The decision stage of the streaming pipeline: frames come in one at a time ({source: image},
+    soft mask, and anything to carry along); once a segment is full (or at the end) it is decided
+    and its frames go out as (index, frame to encode, x264 regions, area image, soft mask, carried)."""
+
+    def __init__(self, opts: EncoderOptions, fps: float):
+        self.opts, self.fps = opts, fps
+        self.pending: list = []
+        self.decisions: list[Decision] = []
+
+    def add(self, index: int, images: dict, soft, carried=None) -> list:
+        self.pending.append((index, images, soft, carried))
+        return self.flush() if len(self.pending) >= self.opts.segment else []
+
+    def flush(self) -> list:
+        if not self.pending:
+            return []
+        start, opts = self.pending[0][0], self.opts
+        if opts.rd_control:
+            frames = {k: [p[1][k] for p in self.pending] for k in self.pending[0][1]}
+            d = decide(frames, [p[2] for p in self.pending], opts, self.fps, start)
+        else:
+            d = fixed(opts, start, len(self.pending))
+        self.decisions.append(d)
+        out = [(i, *output_of(d.choice, images, soft), images["area"], soft, carried)
+               for i, images, soft, carried in self.pending]
+        self.pending = []
+        return out
+
+    def report(self) -> dict:
+        ds = self.decisions
+        return {"background_crf_delta": [d.choice.delta for d in ds for _ in range(d.frames)],
+                "rd_control": [{"start": d.start, "frames": d.frames, "choice": d.choice.name, "seconds": d.seconds,
+                                "trials": d.trials} for d in ds],
+                "rd_control_seconds": sum(d.seconds for d in ds),
+                "trial_bytes_vs_area_pct": trial_saving(ds)}
 
 
 def trial_saving(decisions) -> Optional[float]:
