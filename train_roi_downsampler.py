@@ -90,7 +90,8 @@ def parse_args(argv=None) -> TrainConfig:
         "roi_source": "what the network sees: auto (annotations where present, else YOLO, else motion) | yolo | "
                       "motion (for every sequence; annotations, where present, are what the losses score) | masks",
         "seg_model_path": "Ultralytics YOLO segmentation weights, .pt or exported .onnx",
-        "perceptual_model": "clip | blip | clip+blip | none",
+        "perceptual_model": "yolo:PATH (a frozen YOLO .pt's features; what train.sh uses) | clip | blip, several "
+                            "joined by + | none",
         "allow_missing_perceptual": "train without the perceptual term if its weights cannot be loaded",
         "resume": "continue from output_dir/checkpoints/latest.pth",
         "background_quality": "background PSNR floor against area (dB) applied while training, as inference "
