@@ -178,6 +178,16 @@ def main():
     a, extra = p.parse_known_args()  # pipeline: anything else goes to inference.py (e.g. --rd_control off)
     if a.threads < 1 or a.frames < 1 or a.whole_frames < 1:
         p.error("--threads, --frames and --whole_frames must be >= 1")
+    if extra and a.what != "pipeline":
+        p.error(f"unrecognized arguments: {' '.join(extra)} (only 'pipeline' passes flags on to inference.py)")
+    if extra:  # checked now, not after minutes of other cases
+        import inference
+        from errors import UserError
+        try:
+            inference.check_config(inference.config_from_args(inference.build_parser().parse_args(
+                ["--input_dir", "x", *extra])))
+        except UserError as e:
+            p.error(str(e))
     if a.what in ("network", "all"):
         bench_network(a.threads)
     if a.what in ("pipeline", "all"):

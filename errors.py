@@ -29,9 +29,10 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
-def describe_os_error(e: OSError) -> str:
-    """An OSError as one line that names the path and says what to do."""
-    where = e.filename or "output"
+def describe_os_error(e: OSError, where_else: str | None = None) -> str:
+    """An OSError as one line that names the path (the error's own, else where_else: the output
+    folder being written) and says what to do."""
+    where = e.filename or where_else or "output"
     fixes = {errno.ENOSPC: "the disk is full; free space or choose another --output_dir",
              errno.EACCES: "permission denied; choose a writable --output_dir",
              errno.EROFS: "read-only file system; choose a writable --output_dir",
@@ -50,7 +51,7 @@ def run_cli(run, args, interrupted_message: str = "interrupted") -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        print(f"error: {describe_os_error(e, getattr(args, 'output_dir', None))}", file=sys.stderr)
         return 2
     except Terminated:
         print(f"terminated: {interrupted_message}", file=sys.stderr)

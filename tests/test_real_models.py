@@ -89,3 +89,15 @@ def test_make_roi_source_uses_the_onnx_model():
     frame, truth = davis_frame("breakdance", 10)  # the dancer (spectators are people too, not annotated)
     assert used == "yolo" and ((source.mask(frame) > 0) & truth).sum() > 0.7 * truth.sum()
     assert np.isfinite(source.mask(frame)).all()
+
+
+def test_a_detector_given_as_the_segmenter_is_one_line(tmp_path, capsys):
+    """The detection export has one output, a segmenter two: refused before anything runs."""
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    shutil.copy(DAVIS / "JPEGImages" / "480p" / "libby" / "00000.jpg", clip)
+    detector = SHARED / "models" / "yolov8n_int8.onnx"
+    code = inference.main(["--input_dir", str(clip), "--output_dir", str(tmp_path / "out"),
+                           "--seg_model_path", str(detector)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "a detection model" in err and not (tmp_path / "out").exists()

@@ -412,3 +412,37 @@ def test_a_second_ctrl_c_waits_for_the_checkpoint_being_saved(tmp_path):
             os.kill(os.getpid(), signal.SIGINT)  # arrives while "saving"
             saved.append("checkpoint")
     assert saved == ["checkpoint"]
+
+
+def test_a_full_disk_without_a_file_name_names_the_output_folder(tmp_path, ckpt, capsys, monkeypatch):
+    import errno
+    clip, _ = clip_folder(tmp_path, n=3)
+
+    def fail(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as the encoder library raises it: no path
+    monkeypatch.setattr(inference, "atomic_write_bytes", fail)
+    code, err = run(["--input_dir", clip, "--output_dir", tmp_path / "out", "--checkpoint_path", ckpt,
+                     "--roi_source", "motion"], capsys)
+    assert one_line_error(code, err) and str(tmp_path / "out") in err and "disk is full" in err
+
+
+@pytest.mark.parametrize("flags", [["--lr", "nan"], ["--workers", "-1"], ["--roi_source", "bogus"],
+                                   ["--conf", "7"]])
+def test_training_flags_are_checked_before_any_work(tmp_path, capsys, flags):
+    import train_roi_downsampler
+    from test_training import make_davis
+    data = make_davis(tmp_path / "davis")
+    before = checksums(data)
+    code = train_roi_downsampler.main(["--dataset_path", str(data), "--output_dir", str(tmp_path / "run"),
+                                       "--perceptual_model", "none", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("error: ") == 1 and flags[0] in err, err
+    assert not (tmp_path / "run").exists() and checksums(data) == before
+
+
+def test_evaluate_max_frames_zero_is_one_line(tmp_path, capsys):
+    import evaluate
+    clip, _ = clip_folder(tmp_path, n=3)
+    assert evaluate.main(["--input", str(clip), "--max_frames", "0", "--methods", "area", "--detector_path", "none",
+                          "--output_dir", str(tmp_path / "eval")]) == 2
+    assert "--max_frames" in capsys.readouterr().err and not (tmp_path / "eval").exists()
