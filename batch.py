@@ -23,7 +23,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from errors import UserError
-from video_io import MARKER, atomic_write_bytes, check_apart, is_result_folder, is_video_file, list_frame_files
+from video_io import atomic_write_bytes, check_apart, is_result_folder, is_video_file, list_frame_files
 
 BATCH_MARKER = ".roi_downsampler_batch"
 FIELDS = ("name", "input", "status", "error", "frames", "video_bytes", "area_video_bytes", "bytes_vs_area_pct",
@@ -63,8 +63,13 @@ def check_output(out: Path, inputs) -> None:
 
 
 def complete(result: Path) -> bool:
-    return result.is_dir() and (result / MARKER).is_file() and is_result_folder(result) and \
-        (result / "report.json").is_file()
+    return result.is_dir() and is_result_folder(result) and (result / "report.json").is_file()
+
+
+def row(name: str, src, status: str, error: str = "", report: dict | None = None) -> dict:
+    """One line of the summary."""
+    return {"name": name, "input": str(src), "status": status, "error": error,
+            **{k: v for k, v in (report or {}).items() if k in FIELDS}}
 
 
 def run_one(single, cfg, name: str, src: str, out: str) -> dict:
@@ -72,14 +77,13 @@ def run_one(single, cfg, name: str, src: str, out: str) -> dict:
     a row of the summary, never an exception for bad input (the others go on)."""
     from errors import describe_os_error
     cfg = dataclasses.replace(cfg, input_dir=src, output_dir=out, ray=None)
-    row = {"name": name, "input": src}
     try:
         report = single(cfg)[0]
     except UserError as e:
-        return {**row, "status": "failed", "error": str(e)}
+        return row(name, src, "failed", str(e))
     except OSError as e:
-        return {**row, "status": "failed", "error": describe_os_error(e)}
-    return {**row, "status": "done", "error": "", **{k: report.get(k) for k in FIELDS if k in report}}
+        return row(name, src, "failed", describe_os_error(e, out))
+    return row(name, src, "done", report=report)
 
 
 def connect(address: str) -> None:
@@ -112,9 +116,7 @@ def run(cfg, single) -> int:
     rows, todo = {}, []
     for name, src in inputs:
         if complete(out / name):
-            report = json.loads((out / name / "report.json").read_text())
-            rows[name] = {"name": name, "input": str(src), "status": "skipped", "error": "",
-                          **{k: report.get(k) for k in FIELDS if k in report}}
+            rows[name] = row(name, src, "skipped", report=json.loads((out / name / "report.json").read_text()))
         else:
             todo.append((name, src))
     threads = cfg.threads or 1
@@ -130,8 +132,8 @@ def run(cfg, single) -> int:
                 try:
                     rows[name] = ray.get(done[0])
                 except ray.exceptions.RayError as e:  # the worker died twice, or the task could not run
-                    rows[name] = {"name": name, "input": str(dict(todo)[name]), "status": "failed",
-                                  "error": f"{type(e).__name__}: the Ray task failed after one retry"}
+                    rows[name] = row(name, dict(todo)[name], "failed",
+                                     f"{type(e).__name__}: the Ray task failed after one retry")
                 bar.update()
         ray.shutdown()
     ordered = [rows[name] for name, _ in inputs]

@@ -156,8 +156,7 @@ def model_points(frames, masks, s, model, crfs, fps, ref, roi, enc: rd_control.E
     sources = {"area": area, "model": images}
     points, chosen = [], {}
     for crf in tqdm(crfs, desc=f"{name}: model (closed loop)", unit="crf", leave=False):
-        decisions = rd_control.plan(sources, softs, at_crf(enc, crf), fps)
-        out, regions = rd_control.apply(decisions, sources, softs)
+        decisions, out, regions = rd_control.plan(sources, softs, at_crf(enc, crf), fps)
         p = measure_point(out, ref, roi, crf, fps, enc.preset, regions, **common)
         p["choices"] = [d.choice.name for d in decisions]
         p["trial_seconds"] = sum(d.seconds for d in decisions)

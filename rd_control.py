@@ -254,20 +254,13 @@ def fixed(opts: EncoderOptions, start: int, frames: int) -> Decision:
     return Decision(start, frames, Candidate("model", opts.max_delta))
 
 
-def plan(frames: dict, softs, opts: EncoderOptions, fps: float) -> list[Decision]:
-    """Decisions for a whole clip held in memory (evaluation), made as inference makes them."""
+def plan(frames: dict, softs, opts: EncoderOptions, fps: float):
+    """A whole clip held in memory (evaluation), decided as inference decides it: (decisions,
+    frames to encode, per-frame x264 regions)."""
     decider = SegmentDecider(opts, fps)
-    for i, soft in enumerate(softs):
-        decider.add(i, {k: v[i] for k, v in frames.items()}, soft)
-    decider.flush()
-    return decider.decisions
-
-
-def apply(decisions, frames: dict, softs):
-    """(frames, per-frame x264 regions) as the decisions say."""
-    per_frame = [output_of(d.choice, {k: v[t] for k, v in frames.items()}, softs[t])
-                 for d in decisions for t in range(d.start, d.start + d.frames)]
-    return tuple(list(x) for x in zip(*per_frame))
+    decided = [f for i, soft in enumerate(softs) for f in decider.add(i, {k: v[i] for k, v in frames.items()}, soft)]
+    decided += decider.flush()
+    return decider.decisions, [f[1] for f in decided], [f[2] for f in decided]
 
 
 class SegmentDecider:
