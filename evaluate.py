@@ -124,13 +124,16 @@ def detection_counts(detector, decoded, reference_dets, size, every: int):
 
 
 def measure_point(out, ref, roi, crf, fps, preset, regions=None, detector=None, ref_dets=None,
-                  size=None, det_every=4) -> dict:
-    """One output at one CRF: bytes, quality inside / outside the scored ROI, detection F1."""
+                  size=None, det_every=4, still=None) -> dict:
+    """One output at one CRF: bytes, quality inside / outside the scored ROI, detection F1, the
+    longest ghost; with ``still`` (a static camera's temporal median) the background against it."""
     size_bytes, decoded = metrics.encode_h264_bytes(out, fps, crf, preset, regions=regions)
     d = np.stack(decoded)
     point = {"crf": crf, "bytes": size_bytes, "roi_psnr": metrics.masked_psnr(d, ref, roi),
              "roi_ssim": metrics.masked_ssim(d, ref, roi[..., 0]), "bg_psnr": metrics.masked_psnr(d, ref, ~roi),
-             "bg_ssim": metrics.masked_ssim(d, ref, ~roi[..., 0])}
+             "bg_ssim": metrics.masked_ssim(d, ref, ~roi[..., 0]), "ghost_s": metrics.longest_ghost(d, ref, fps)}
+    if still is not None:
+        point["bg_psnr_still"] = metrics.masked_psnr(d, np.broadcast_to(still, d.shape), ~roi)
     if detector is not None:
         tp, fp, fn = detection_counts(detector, d, ref_dets, size, det_every)
         point.update(det_tp=tp, det_fp=fp, det_fn=fn, det_f1=metrics.f1_score(tp, fp, fn))
@@ -166,9 +169,10 @@ def model_points(frames, masks, s, model, crfs, fps, ref, roi, enc: rd_control.E
 
 
 def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=None, name="clip",
-                  gt_masks=None, detector=None, det_every: int = 4, enc=None):
+                  gt_masks=None, detector=None, det_every: int = 4, enc=None, static: bool = False):
     """All metrics for every method on one clip. frames: RGB uint8; masks: what the methods see
-    (uint8 0/1); gt_masks: what the score uses (None: the methods' masks, oracle mode)."""
+    (uint8 0/1); gt_masks: what the score uses (None: the methods' masks, oracle mode); static: a
+    static camera, whose background is also scored against its temporal median."""
     scored = gt_masks if gt_masks is not None else masks
     ref = np.stack(metrics.resize_all(frames, s))
     roi = metrics.roi_at_output(scored, s)
@@ -177,7 +181,8 @@ def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=
                         f"(check --gt_masks / --roi_source)")
     size = frames[0].shape[1::-1]
     ref_dets = [detector(frames[t]) for t in range(0, len(frames), det_every)] if detector else None
-    common = dict(detector=detector, ref_dets=ref_dets, size=size, det_every=det_every)
+    common = dict(detector=detector, ref_dets=ref_dets, size=size, det_every=det_every,
+                  still=np.median(ref, axis=0).astype(np.uint8) if static else None)
     results = {}
     enc = enc or rd_control.EncoderOptions()
     preset = enc.preset
@@ -288,7 +293,8 @@ def summary_table(results: dict) -> str:
     CRF 23; and per group and mode the medians over the clips (how many in brackets)."""
     methods = [m for m in SUMMARY_METHODS if any(m in r["methods"] for r in results.values())]
     head = ["clip", "masks in (IoU)", "video.mp4 vs area @23: bytes", "ROI-PSNR", "bg-PSNR"] + \
-           [f"{m} BD" for m in methods if m != "area"] + [f"F1@23 {m}" for m in methods]
+           [f"{m} BD" for m in methods if m != "area"] + [f"F1@23 {m}" for m in methods] + \
+           ["bg vs temporal median @23", "longest ghost @23"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     columns = {}  # (group, mode) -> column index -> values
     for name, res in results.items():
@@ -312,6 +318,7 @@ def summary_table(results: dict) -> str:
         for m in methods:
             p = point_at(res["methods"][m]["rd"], 23) if m in res["methods"] else {}
             row.append(f"{p['det_f1']:.2f}" if "det_f1" in p else "-")
+        row += static_cells(res)
         for i, v in enumerate(values):
             columns.setdefault(key, {}).setdefault(i, []).append(v)
         lines.append("| " + " | ".join(row) + " |")
@@ -324,6 +331,16 @@ def summary_table(results: dict) -> str:
         label = f"**median, {group} {mode}**".replace("  ", " ")
         lines.append("| " + " | ".join([label, ""] + cells + [""] * (len(head) - 2 - len(cells))) + " |")
     return "\n".join(lines) + "\n"
+
+
+def static_cells(res: dict) -> list[str]:
+    """video.mp4 / area at CRF 23: background PSNR against the temporal median (static cameras:
+    what a still background is) and the longest ghost in seconds (metrics.longest_ghost)."""
+    if "model" not in res["methods"] or "area" not in res["methods"]:
+        return ["-", "-"]
+    p, a = point_at(res["methods"]["model"]["rd"], 23), point_at(res["methods"]["area"]["rd"], 23)
+    still = f"{p['bg_psnr_still']:.1f} vs {a['bg_psnr_still']:.1f}" if "bg_psnr_still" in p else "-"
+    return [still, f"{p.get('ghost_s', float('nan')):.1f} s vs {a.get('ghost_s', float('nan')):.1f} s"]
 
 
 def plot_rd(results: dict, path: Path):
@@ -373,6 +390,19 @@ def clip_masks(frames, names, opts: RoiOptions, yolo_model=None):
     """The masks of one clip from an ROI source (binary uint8), and the name of the source used."""
     source, used = make_roi_source(opts, frame_names=names if names[0] else None, yolo_model=yolo_model)
     return [(source.mask(f, n) > 0.5).astype(np.uint8) for f, n in zip(frames, names)], used
+
+
+DERIVED = "derived: COCO segmenter (all classes) + difference from the temporal median"
+
+
+def derived_masks(frames, names, segmenter) -> list[np.ndarray]:
+    """Score masks for a static-camera clip without annotations: every object the float COCO
+    segmenter finds (any class) united with what moves (metrics.moving_masks)."""
+    found = metrics.moving_masks(frames)
+    if segmenter:
+        seg, _ = clip_masks(frames, names, RoiOptions(roi_source="yolo", seg_model_path=segmenter, roi_classes="all"))
+        found = [np.maximum(a, b) for a, b in zip(found, seg)]
+    return found
 
 
 def suite_jobs() -> tuple[list, list[str]]:
@@ -429,6 +459,8 @@ def build_parser():
     add_encoder_args(p)  # as in inference.py; at each of --crfs the background stays as many steps coarser
     p.add_argument("--crfs", default=",".join(map(str, DEFAULT_CRFS)))
     p.add_argument("--max_frames", type=int, default=48)
+    p.add_argument("--static_frames", type=int, default=250,
+                   help="frames of each static-camera clip of the suite (objects pass, stop and leave: longer clips)")
     p.add_argument("--modes", default=",".join(MODES),
                    help="with --suite, comma-separated: end_to_end (the float .pt's masks in), weak_detector "
                         "(the int8 ONNX's), oracle (the annotation's)")
@@ -449,7 +481,7 @@ def run_signature(args, enc, crfs, methods, masks_from: str) -> str:
     code = hashlib.sha1(b"".join((paths.REPO / f).read_bytes() for f in (
         "evaluate.py", "rd_control.py", "roi_downsampler.py", "video_io.py", "metrics.py", "engine.py"))).hexdigest()
     return json.dumps([code, str(ckpt), stamp, args.scale_factor, crfs, methods, dataclasses.asdict(enc), args.max_frames,
-                       args.det_every, args.detector_path, args.background_strength, args.background_quality,
+                       args.static_frames, args.det_every, args.detector_path, args.background_strength, args.background_quality,
                        masks_from], sort_keys=True, default=str)
 
 
@@ -481,8 +513,9 @@ def run(args) -> int:
     if bad:
         raise UserError(f"--methods: unknown {', '.join(sorted(bad))}; choose from {', '.join(ALL_METHODS)}")
     crfs = parse_crfs(args.crfs)
-    if args.det_every < 1 or args.max_frames < 1:
-        raise UserError(f"--det_every and --max_frames must be >= 1, got {args.det_every}, {args.max_frames}")
+    if min(args.det_every, args.max_frames, args.static_frames) < 1:
+        raise UserError(f"--det_every, --max_frames and --static_frames must be >= 1, got {args.det_every}, "
+                        f"{args.max_frames}, {args.static_frames}")
     model = None
     if "model" in methods:
         ckpt = args.checkpoint_path or checkpoint.default_path(args.scale_factor)
@@ -522,13 +555,16 @@ def run(args) -> int:
         raise UserError("--write_docs goes with --suite (docs/ holds the suite's results)")
     results, tables = {}, []
     for name, path, gt_dir, group in jobs:
-        frames, names, fps = load_clip(path, args.scale_factor, args.max_frames)
+        frames, names, fps = load_clip(path, args.scale_factor, args.static_frames if group == "static" else args.max_frames)
         gt = clip_masks(frames, names, RoiOptions(roi_source="masks", masks_dir=str(gt_dir)))[0] if gt_dir else None
+        score_masks = "human annotation"
+        if gt is None and group == "static":
+            gt, score_masks = derived_masks(frames, names, segmenters.get("end_to_end")), DERIVED
         for mode in modes:
             if mode == "oracle" and gt is None or mode == "weak_detector" and not segmenters.get(mode):
                 continue
             if mode == "oracle":
-                masks, used = gt, "ground truth (oracle)"
+                masks, used = gt, "derived (oracle)" if score_masks == DERIVED else "ground truth (oracle)"
             elif mode in segmenters:
                 seg = segmenters[mode]
                 o = RoiOptions(**{**opts.__dict__, "roi_source": "yolo" if seg else "motion",
@@ -548,12 +584,13 @@ def run(args) -> int:
                 res = json.loads(done.read_text())["result"]  # measured by an earlier, interrupted run
             else:
                 res = evaluate_clip(frames, masks, methods, args.scale_factor, crfs, fps, model, name,
-                                    gt_masks=gt, detector=detector, det_every=args.det_every, enc=enc)
+                                    gt_masks=gt, detector=detector, det_every=args.det_every, enc=enc,
+                                    static=group == "static")
                 if gt is not None and mode != "oracle":
                     res["mask_iou_vs_gt"] = metrics.mask_iou(masks, gt)
                 res.update(roi_source=used, group=group,
                            mode=mode if mode != "given" else ("scored on --gt_masks" if gt else "oracle"),
-                           score_masks="human annotation" if gt is not None else "the methods' own masks (oracle)")
+                           score_masks=score_masks if gt is not None else "the methods' own masks (oracle)")
                 atomic_write_bytes(done, json.dumps({"signature": signature, "result": res}).encode())
             results[key] = res
             tables.append(markdown_table(key, res) + "\n" + same_crf_table(res))

@@ -182,3 +182,45 @@ def bytes_at(target: float, rates, qualities) -> float:
         if q0 < target <= q1:
             return r0 + (target - q0) / (q1 - q0) * (r1 - r0)
     return float("nan")
+
+
+GHOST_BLOCK = 16   # output pixels: the size of a "region" in the ghost test
+GHOST_LEVEL = 10   # uint8 levels of a block's mean colour: a smaller difference is coding or simplification
+
+
+def longest_ghost(out: np.ndarray, ref: np.ndarray, fps: float) -> float:
+    """Seconds of the longest run of consecutive frames in which one GHOST_BLOCK block's mean
+    colour differs from the area frame's by more than GHOST_LEVEL: a person who left but is still
+    shown, a car that parked but is not. Block means, so blurring or denoising a background is not
+    a ghost; a held or frozen picture of something no longer there is."""
+    T, h, w = out.shape[:3]
+    hb, wb = h // GHOST_BLOCK, w // GHOST_BLOCK
+    if not hb or not wb:
+        return 0.0
+
+    def means(x):
+        x = x[:, :hb * GHOST_BLOCK, :wb * GHOST_BLOCK].astype(np.float32)
+        return x.reshape(T, hb, GHOST_BLOCK, wb, GHOST_BLOCK, 3).mean((2, 4))
+    off = (np.abs(means(out) - means(ref)).max(-1) > GHOST_LEVEL)
+    run = np.zeros(off.shape[1:], np.int32)
+    longest = 0
+    for t in range(T):
+        run = np.where(off[t], run + 1, 0)
+        longest = max(longest, int(run.max()))
+    return longest / fps
+
+
+def moving_masks(frames, level: int = 25, blur: int = 9) -> list[np.ndarray]:
+    """What moves in a static-camera clip without annotations: pixels whose colour differs from the
+    clip's temporal median by more than ``level`` after removing each frame's global offset (the
+    camera's exposure), cleaned by a 5x5 opening and grown by ``blur`` pixels. uint8 0/1 per frame."""
+    stack = np.stack(frames).astype(np.int16)
+    median = np.median(stack, axis=0)
+    kernel_open, kernel_grow = np.ones((5, 5), np.uint8), np.ones((blur, blur), np.uint8)
+    out = []
+    for f in stack:
+        d = (f - median).mean(-1)
+        d = np.abs(d - np.median(d)) > level
+        d = cv2.morphologyEx(d.astype(np.uint8), cv2.MORPH_OPEN, kernel_open)
+        out.append(cv2.dilate(d, kernel_grow))
+    return out

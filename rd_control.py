@@ -15,7 +15,9 @@ reach across the boundary); where that takes them below the asked quality, the s
 is tried with the objects ROI_BOOST steps finer.
 
 For each segment (default 50 frames, 2 s at 25 fps) the first ``trial_frames`` of the candidates
-are encoded with the stream's own settings, decoded and measured against area downscaling:
+are encoded with the stream's own settings, decoded and measured against area downscaling --
+except a background that stays still over the trial window, measured against its temporal median
+(``scoring_reference``: a still background is the median, not a copy of its sensor noise):
 
 - objects: ROI-PSNR must be >= plain area at ``--crf`` minus ROI_TOLERANCE_DB;
 - background: PSNR outside the ROI must be >= area's background coded at ``--background_crf``
@@ -45,6 +47,7 @@ ROI_TOLERANCE_DB = 0.2       # objects (and background) may be this much below t
 ROI_BOOST = 2                # CRF steps finer for the objects when a coarser background pulls them down
 MARGIN_PCT = 2.0             # a candidate replaces plain area only if it saves more than this: x264's own
 #                              byte counts vary a little from run to run, and a near-tie is not worth a switch
+STILL_NOISE = 12             # uint8 levels: a pixel this close to its temporal median in every trial frame is still
 BACKGROUND_CRF_STEP = 6      # default --background_crf = --crf + 6 (see README: about half the background's bits)
 PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
@@ -171,10 +174,22 @@ def output_of(choice: Candidate, images: dict, soft):
 
 
 def trial(frames, area_frames, softs, choice: Candidate, crf: int, fps: float, preset: str) -> dict:
-    """Bits, ROI-PSNR and background PSNR (against area downscaling) of frames coded as `choice`."""
+    """Bits, ROI-PSNR and background PSNR (against ``area_frames``, see scoring_reference) of
+    frames coded as `choice`."""
     m = measure_h264(frames, [(a, roi_of(s)) for a, s in zip(area_frames, softs)], fps, crf, preset,
                      [regions_of(choice, s) for s in softs])
     return {"bits": 8 * m.pop("bytes"), **m}
+
+
+def scoring_reference(area_frames, softs) -> list:
+    """What the trials are measured against: area downscaling, except in background pixels that
+    stay within STILL_NOISE of their temporal median over the whole trial window -- there the
+    median, the still background without its sensor noise. Otherwise a static camera's denoised
+    background would score below a faithful copy of the noise."""
+    stack = np.stack(area_frames)
+    median = np.median(stack, axis=0).astype(np.uint8)
+    still = (np.abs(stack.astype(np.int16) - median).max(axis=(0, 3)) <= STILL_NOISE)[..., None]
+    return [np.where(still & ~roi_of(s)[..., None], median, a) for a, s in zip(area_frames, softs)]
 
 
 def deltas(max_delta: int) -> list[int]:
@@ -194,7 +209,8 @@ def decide(frames: dict, softs, opts: EncoderOptions, fps: float, start: int = 0
     network's output)."""
     t0 = time.perf_counter()
     n = min(opts.trial_frames, len(frames["area"]))
-    area, softs_n = frames["area"][:n], softs[:n]
+    softs_n = softs[:n]
+    area = scoring_reference(frames["area"][:n], softs_n)
     trials: dict[Candidate, dict] = {}
 
     def measure(c: Candidate) -> dict:

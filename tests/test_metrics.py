@@ -2,6 +2,8 @@ import json
 """The evaluation's measurements on constructed cases whose answers are known."""
 import math
 
+import cv2
+
 import numpy as np
 import pytest
 
@@ -131,7 +133,8 @@ def test_summary_table_gives_per_clip_rows_and_the_median():
     import evaluate
 
     def method(bd, bg, f1, size=100):
-        return {"bd_rate_vs_area": bd, "rd": [{"crf": 23, "bg_psnr": bg, "det_f1": f1, "bytes": size, "roi_psnr": 30}]}
+        return {"bd_rate_vs_area": bd, "rd": [{"crf": 23, "bg_psnr": bg, "det_f1": f1, "bytes": size, "roi_psnr": 30,
+                                               "ghost_s": size / 100, "bg_psnr_still": bg + 1}]}
     clip = lambda a, b, size, mode="end_to_end": {
         "roi_source": "yolo", "mask_iou_vs_gt": 0.5, "group": "moving", "mode": mode,
         "methods": {"model": method(a, 31.0, 0.9, size), "area": method(0.0, 33.0, 0.95),
@@ -141,6 +144,7 @@ def test_summary_table_gives_per_clip_rows_and_the_median():
     rows = table.strip().splitlines()
     assert len(rows) == 2 + 4 + 2 and "yolo (0.50)" in rows[2] and "n/a" in rows[3]
     assert rows[2].split("|")[3:6] == [" -50.0% ", " 30.00 vs 30.00 ", " 31.0 vs 33.0 "]  # video.mp4 vs area @23
+    assert rows[2].split("|")[-3:-1] == [" 32.0 vs 34.0 ", " 0.5 s vs 1.0 s "]  # static cameras' references
     # medians per group and mode: bytes of three, model BD of three, roi_qp of the two measured; oracle apart
     cells = rows[-2].split("|")
     assert rows[-2].startswith("| **median, moving end_to_end**") and cells[3] == " -20.0% (3) "
@@ -171,3 +175,35 @@ def test_an_interrupted_evaluation_continues_where_it_stopped(tmp_path, monkeypa
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["clips"] == first
     with pytest.raises(AssertionError, match="measured again"):  # another output folder: measured anew
         evaluate.main(args[:-1] + [str(tmp_path / "other")])
+
+
+def test_longest_ghost_counts_a_held_object_and_not_a_simplified_background():
+    """A square that leaves but stays in the output for 30 frames (1.2 s at 25 fps) is a ghost;
+    a blurred background with the square leaving on time is none."""
+    rng = np.random.default_rng(0)
+    ref = rng.integers(60, 200, (50, 64, 64, 3)).astype(np.uint8)
+    ref[:20, 16:32, 16:32] = 250  # the object is there for 20 frames, then gone
+    held = ref.copy()
+    held[20:50, 16:32, 16:32] = 250
+    assert metrics.longest_ghost(held, ref, 25.0) == pytest.approx(30 / 25)
+    blurred = np.stack([cv2.GaussianBlur(f, (7, 7), 3) for f in ref])
+    blurred[:20, 16:32, 16:32] = 250  # objects stay sharp; the background is simplified
+    assert metrics.longest_ghost(blurred, ref, 25.0) < 0.1
+
+
+def test_moving_masks_find_what_moves_despite_the_camera_exposure():
+    rng = np.random.default_rng(1)
+    base = rng.integers(40, 200, (72, 96, 3)).astype(np.int16)
+    frames, truth = [], []
+    for t in range(12):
+        f = base + 3 * t + rng.normal(0, 3, base.shape)  # exposure drifts by 33 levels over the clip
+        x = 8 + 6 * t
+        f[20:40, x:x + 16] = 255
+        m = np.zeros(base.shape[:2], bool)
+        m[20:40, x:x + 16] = True
+        frames.append(np.clip(f, 0, 255).astype(np.uint8))
+        truth.append(m)
+    found = metrics.moving_masks(frames)
+    for f, m in zip(found, truth):
+        assert f[m].mean() > 0.95           # the object is found
+        assert f[~m].mean() < 0.15          # the background is not (only the grown border)
