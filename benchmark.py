@@ -31,11 +31,12 @@ REPO = Path(__file__).resolve().parent
 
 def bench_network(threads: int = 2, repeats: int = 30):
     from checkpoint import default_path, load_model
-    from roi_downsampler import DEFAULT_BACKGROUND_QUALITY, DownsamplerConfig, ROIDownsampler, count_parameters
+    from engine import ModelKnobs, apply_knobs
+    from roi_downsampler import DownsamplerConfig, ROIDownsampler, count_parameters
     torch.set_num_threads(threads)
     ckpt = default_path(2)
     model = load_model(ckpt)[0] if ckpt.exists() else ROIDownsampler(DownsamplerConfig(scale_factor=2)).eval()
-    model.set_background_floor(DEFAULT_BACKGROUND_QUALITY)  # as inference runs it
+    apply_knobs(model, ModelKnobs(), closed_loop=True)  # as inference runs it by default
     frame = torch.rand(1, 3, 720, 1280)
     mask = torch.zeros(1, 1, 720, 1280)
     mask[..., 200:500, 300:700] = 1

@@ -193,14 +193,16 @@ def load_perceptual(kind: str, clip_model="ViT-B-32", clip_pretrained="openai",
 
 
 def area_reference(frames: torch.Tensor, s: int) -> torch.Tensor:
-    """(B,T,3,H,W) -> area-downscaled (B,T,3,H/s,W/s), cropped like the network crops."""
+    """(B,T,3,H,W) -> area-downscaled (B,T,3,H/s,W/s), cropped like the network crops: the torch
+    twin of video_io.area_downscale, for the losses."""
     b, t, c, h, w = frames.shape
     x = frames[..., : h - h % s, : w - w % s].flatten(0, 1)
     return F.avg_pool2d(x, s).unflatten(0, (b, t))
 
 
 def tensor_roi_at_output(masks: torch.Tensor, s: int) -> torch.Tensor:
-    """Binary ROI at output resolution: any ROI pixel in the s x s cell counts."""
+    """Binary ROI at output resolution: any ROI pixel in the s x s cell counts (the torch twin of
+    metrics.roi_at_output, which the evaluation scores with)."""
     b, t, c, h, w = masks.shape
     x = masks[..., : h - h % s, : w - w % s].flatten(0, 1)
     return (F.avg_pool2d(x, s) > 0).float().unflatten(0, (b, t))

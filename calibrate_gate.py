@@ -34,7 +34,6 @@ import engine
 import metrics
 import rd_control
 from errors import UserError, run_cli
-from roi_downsampler import DEFAULT_BACKGROUND_QUALITY
 import data
 from roi_sources import RoiOptions, check_roi_options, read_mask_file
 from video_io import crop_to_multiple, read_image_rgb
@@ -103,7 +102,7 @@ def run_with_gate(model, clip: CalibrationClip, gate: float | None):
         model.analyzer.gate.weight.copy_(saved[1])
 
 
-def area_reference(clip: CalibrationClip, s: int) -> list[np.ndarray] | None:
+def area_frames_if_roi(clip: CalibrationClip, s: int) -> list[np.ndarray] | None:
     """Area downscaling of the clip; None when it has no ROI (nothing to decide)."""
     if not any(m.any() for m in clip.masks):
         return None
@@ -184,7 +183,7 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     checkpoint.check_writable(args.output_path or args.checkpoint_path, "--output_path")
     model, ckpt = checkpoint.load_model(args.checkpoint_path)
-    model.set_background_floor(DEFAULT_BACKGROUND_QUALITY)  # judged as inference runs it by default
+    engine.apply_knobs(model, engine.ModelKnobs(), closed_loop=False)  # the gate is what is calibrated
     s = model.scale_factor
     train_args = dict(ckpt.get("train_args") or {})
     train_args.setdefault("dataset_path", str(demo_data.training_set()))
@@ -194,7 +193,7 @@ def run(args) -> int:
     clips = calibration_clips(training_sequences(train_args, run_dir), s, args.clip_length)
     refs, feats = [], []
     for clip in tqdm(clips, desc="x264, area reference", unit="clip"):
-        refs.append(area_reference(clip, s))
+        refs.append(area_frames_if_roi(clip, s))
         feats.append(run_with_gate(model, clip, None)[2][len(clip.frames) // 4:])  # once the summary settled
     memory, memory_scores, verdicts = choose_mask_memory(model, clips, refs)
     print("mask memory (temporal gate bias -> mean bytes of the open gate vs area at equal ROI-PSNR): "

@@ -7,6 +7,7 @@ result does not depend on the chunk size.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import queue
 import threading
@@ -18,7 +19,44 @@ import numpy as np
 import torch
 
 from errors import UserError
-from roi_downsampler import PARAM_NAMES, DownsamplerState, ROIDownsampler
+from roi_downsampler import DEFAULT_BACKGROUND_QUALITY, PARAM_NAMES, DownsamplerState, ROIDownsampler
+
+
+@dataclass
+class ModelKnobs:
+    """The trained network's run-time knobs (not saved in checkpoints), declared once for
+    inference, evaluation and benchmarks: add_model_args, model_knobs, apply_knobs."""
+    background_strength: float = 1.0
+    background_quality: float = DEFAULT_BACKGROUND_QUALITY
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    d = ModelKnobs()
+    p.add_argument("--background_strength", type=float, default=d.background_strength,
+                   help="scale the learned background simplification and hold: 1 = as trained, 0 = plain area "
+                        "background (for moving cameras or jittery ROI masks)")
+    p.add_argument("--background_quality", type=float, default=d.background_quality,
+                   help="background PSNR floor against area downscaling in every 8x8 block, dB before encoding "
+                        "(keeps parked cars and signs recognisable); 0 = off, for maximum savings")
+
+
+def model_knobs(args) -> ModelKnobs:
+    """The ModelKnobs part of a parsed Namespace, checked (one-line errors)."""
+    k = ModelKnobs(**{f: getattr(args, f) for f in ModelKnobs.__dataclass_fields__})
+    if not 0.0 <= k.background_strength <= 1.0:  # also false for nan
+        raise UserError(f"--background_strength must be in [0, 1], got {k.background_strength}")
+    if not (k.background_quality == 0 or 10 <= k.background_quality <= 100):
+        raise UserError(f"--background_quality must be 0 (off) or 10..100 dB, got {k.background_quality}")
+    return k
+
+
+def apply_knobs(model: ROIDownsampler, knobs: ModelKnobs, closed_loop: bool) -> ROIDownsampler:
+    """Set the knobs on a loaded model. With the closed loop on, x264's trial encodes decide how
+    much background to take, so the network simplifies it whatever its own gate says."""
+    model.set_background_strength(knobs.background_strength)
+    model.set_background_floor(knobs.background_quality)
+    model.follow_gate = not closed_loop
+    return model
 
 
 def frames_to_tensor(frames) -> torch.Tensor:

@@ -46,10 +46,9 @@ import metrics
 import paths
 import rd_control
 from errors import UserError, run_cli, warn
-from roi_downsampler import DEFAULT_BACKGROUND_QUALITY
 from rd_control import add_encoder_args, encoder_options
 from roi_sources import RoiOptions, add_roi_args, load_yolo, make_roi_source, roi_options
-from video_io import FrameReader, atomic_write_bytes, check_apart, crop_to_multiple, roi_rectangles
+from video_io import FrameReader, area_downscale, atomic_write_bytes, check_apart, crop_to_multiple, roi_rectangles
 
 DEFAULT_CRFS = (18, 23, 28, 33, 38)
 ALL_METHODS = ("model", "network", "area", "area+roi_qp", "bicubic", "lanczos", "blur_heuristic")
@@ -65,7 +64,7 @@ def blur_heuristic(frames, masks, s, sigma: float = 2.0, feather: int = 7):
     max-pooled to output size, dilated and feathered."""
     out = []
     for f, m in zip(frames, masks):
-        small = cv2.resize(f, (f.shape[1] // s, f.shape[0] // s), interpolation=cv2.INTER_AREA)
+        small = area_downscale(f, s)
         core = metrics.block_max(m, s).astype(np.float32)  # every ROI pixel stays sharp; the feather goes outward
         mk = np.maximum(core, cv2.GaussianBlur(cv2.dilate(core, np.ones((3, 3), np.uint8)), (feather, feather), 0))
         blurred = cv2.GaussianBlur(small, (0, 0), sigma).astype(np.float32)
@@ -400,7 +399,8 @@ def derived_masks(frames, names, segmenter) -> list[np.ndarray]:
     segmenter finds (any class) united with what moves (metrics.moving_masks)."""
     found = metrics.moving_masks(frames)
     if segmenter:
-        seg, _ = clip_masks(frames, names, RoiOptions(roi_source="yolo", seg_model_path=segmenter, roi_classes="all"))
+        opts = RoiOptions(roi_source="yolo", seg_model_path=segmenter, roi_classes="all", roi_motion="off")
+        seg, _ = clip_masks(frames, names, opts)
         found = [np.maximum(a, b) for a, b in zip(found, seg)]
     return found
 
@@ -452,10 +452,7 @@ def build_parser():
     p.add_argument("--checkpoint_path", help="model checkpoint (default models/roi_downsampler_x{s}.pth)")
     p.add_argument("--scale_factor", type=int, default=2, choices=[2, 4])
     p.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma-separated subset of {','.join(ALL_METHODS)}")
-    p.add_argument("--background_strength", type=float, default=1.0,
-                   help="as in inference.py: scale the model's background simplification and hold (0-1)")
-    p.add_argument("--background_quality", type=float, default=DEFAULT_BACKGROUND_QUALITY,
-                   help="as in inference.py: background PSNR floor against area (dB, before encoding); 0 = off")
+    engine.add_model_args(p)  # as in inference.py
     add_encoder_args(p)  # as in inference.py; at each of --crfs the background stays as many steps coarser
     p.add_argument("--crfs", default=",".join(map(str, DEFAULT_CRFS)))
     p.add_argument("--max_frames", type=int, default=48)
@@ -520,10 +517,9 @@ def run(args) -> int:
     if "model" in methods:
         ckpt = args.checkpoint_path or checkpoint.default_path(args.scale_factor)
         model, _ = checkpoint.load_model(ckpt, expected_scale=args.scale_factor)
-        if not 0 <= args.background_strength <= 1:
-            raise UserError(f"--background_strength must be in [0, 1], got {args.background_strength}")
-        model.set_background_strength(args.background_strength)
-        model.set_background_floor(args.background_quality)
+        # closed_loop=False: the "network" method is the network alone, its gate deciding;
+        # model_points turns the gate off around the closed loop, as inference does
+        engine.apply_knobs(model, engine.model_knobs(args), closed_loop=False)
     enc = encoder_options(args)
     detector = load_detector(args.detector_path)
     opts = roi_options(args)

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -39,10 +38,10 @@ import engine
 from errors import UserError, run_cli, warn
 import rd_control
 from rd_control import EncoderOptions, add_encoder_args, encoder_options
-from roi_downsampler import DEFAULT_BACKGROUND_QUALITY, DownsamplerConfig, ROIDownsampler
+from roi_downsampler import DownsamplerConfig, ROIDownsampler
 from roi_sources import RoiOptions, add_roi_args, make_roi_source, roi_options
-from video_io import (FrameReader, H264Writer, ResultFolder, atomic_write_bytes, check_apart, crop_to_multiple, frame_name,
-                      is_video_file, list_frame_files, write_png)
+from video_io import (FrameReader, H264Writer, ResultFolder, area_downscale, atomic_write_bytes, check_apart,
+                      crop_to_multiple, frame_name, is_video_file, list_frame_files, write_png)
 
 REPO = Path(__file__).resolve().parent
 
@@ -57,8 +56,7 @@ class InferenceConfig:
     debug: bool = False
     save_frames: bool = False
     roi: RoiOptions = field(default_factory=RoiOptions)
-    background_strength: float = 1.0
-    background_quality: float = DEFAULT_BACKGROUND_QUALITY
+    knobs: engine.ModelKnobs = field(default_factory=engine.ModelKnobs)
     enc: EncoderOptions = field(default_factory=EncoderOptions)
     compare_area: bool = True
     device: str = "auto"
@@ -83,12 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_frames", action="store_true",
                    help="also write every output frame and soft mask as PNG (frames/, masks/; ~20%% slower)")
     add_roi_args(p)
-    p.add_argument("--background_strength", type=float, default=d.background_strength,
-                   help="scale the learned background simplification and hold: 1 = as trained, 0 = plain area "
-                        "background (for moving cameras or jittery ROI masks)")
-    p.add_argument("--background_quality", type=float, default=d.background_quality,
-                   help="background PSNR floor against area downscaling, dB before encoding (keeps parked cars "
-                        "and signs recognisable); 0 = off, for maximum savings")
+    engine.add_model_args(p)
     add_encoder_args(p)
     p.add_argument("--no_compare_area", dest="compare_area", action="store_false",
                    help="skip the second encode, of plain area downscaling at --crf, that the last line and "
@@ -108,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> InferenceConfig:
-    values = {k: getattr(args, k) for k in InferenceConfig.__dataclass_fields__ if k not in ("roi", "enc")}
-    return InferenceConfig(roi=roi_options(args), enc=encoder_options(args), **values)
+    values = {k: getattr(args, k) for k in InferenceConfig.__dataclass_fields__ if k not in ("roi", "enc", "knobs")}
+    return InferenceConfig(roi=roi_options(args), enc=encoder_options(args), knobs=engine.model_knobs(args), **values)
 
 
 def check_config(cfg: InferenceConfig) -> None:
@@ -123,10 +116,7 @@ def check_config(cfg: InferenceConfig) -> None:
                         f"got {cfg.threads}")
     if cfg.debug_every < 1:
         raise UserError(f"--debug_every must be >= 1, got {cfg.debug_every}")
-    if not 0.0 <= cfg.background_strength <= 1.0:
-        raise UserError(f"--background_strength must be in [0, 1], got {cfg.background_strength}")
-    if not (cfg.background_quality == 0 or 10 <= cfg.background_quality <= 100):
-        raise UserError(f"--background_quality must be 0 (off) or 10..100 dB, got {cfg.background_quality}")
+    engine.model_knobs(cfg.knobs)
     rd_control.check(cfg.enc)
 
 
@@ -295,7 +285,7 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
                 for img, soft, params, (frame, mask) in zip(chunk.images, chunk.softs, chunk.params, chunk.inputs):
                     debug = cfg.debug and n % cfg.debug_every == 0
                     s = cfg.scale_factor
-                    area = cv2.resize(frame, (frame.shape[1] // s, frame.shape[0] // s), interpolation=cv2.INTER_AREA)
+                    area = area_downscale(frame, s)
                     carried = (frame, mask) if debug else None  # full-resolution frames only travel when needed
                     jobs.submit(lambda i=n, a=({"area": area, "model": img}, soft, carried):
                                 decide_and_write(decider.add(i, *a)))
@@ -360,18 +350,14 @@ def run(cfg: InferenceConfig, roi_factory=None) -> list[dict]:
     sequences = find_sequences(input_path)
     device = engine.pick_device(cfg.device)
     model, ckpt_name = load_downsampler(cfg)
-    model.set_background_strength(cfg.background_strength)
-    model.set_background_floor(cfg.background_quality)
-    model.follow_gate = not cfg.enc.rd_control  # with the closed loop on, x264 decides, not the gate
-    model.to(device)
+    engine.apply_knobs(model, cfg.knobs, closed_loop=cfg.enc.rd_control).to(device)
     reports = []
     with ResultFolder(output_dir, "--output_dir") as result:
         for name, seq in sequences:
             out_dir = result.path / name if name else result.path
             report = run_sequence(model, cfg, seq, out_dir, device, roi_factory)
             report.update(checkpoint=ckpt_name, scale_factor=cfg.scale_factor, device=str(device),
-                          background_strength=cfg.background_strength, background_quality=cfg.background_quality,
-                          roi_options=asdict(cfg.roi))
+                          roi_options=asdict(cfg.roi), **asdict(cfg.knobs))
             atomic_write_bytes(out_dir / "report.json", json.dumps(report, indent=2).encode())
             reports.append((report, output_dir / name if name else output_dir))
         result.commit()

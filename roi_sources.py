@@ -8,6 +8,10 @@ builds one from the CLI flags and applies the offline policy:
 - ``auto``: YOLO when its weights load, otherwise a loud one-line warning and ``motion``;
 - ``motion``: OpenCV MOG2 background subtraction, no weights at all;
 - ``masks``: binary masks from a folder, named like the frames (DAVIS palette PNGs work too).
+
+With ``--roi_motion on`` (the default) a detector's masks are united with what moves while the
+camera is still (``StillCameraUnion``): on a static camera nothing that moves is coarsened or held,
+whether the detector saw it or not; a moving camera keeps the detector's masks alone.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ class RoiOptions:
     seg_imgsz: Optional[int] = None   # None: the model's fixed input size, else 640
     keyframe_interval: int = 1
     masks_dir: Optional[str] = None
+    roi_motion: str = "on"
 
 
 def add_roi_args(p: argparse.ArgumentParser, default_source: str = "auto") -> None:
@@ -57,6 +62,8 @@ def add_roi_args(p: argparse.ArgumentParser, default_source: str = "auto") -> No
     p.add_argument("--keyframe_interval", type=int, default=d.keyframe_interval,
                    help="run YOLO every N frames, flow-warp masks between")
     p.add_argument("--masks_dir", default=None, help="0/255 PNG masks named like the frames (--roi_source masks)")
+    p.add_argument("--roi_motion", default=d.roi_motion, choices=("on", "off"),
+                   help="on: while the camera is still, what moves is ROI too, detected or not")
 
 
 def roi_options(args) -> RoiOptions:
@@ -74,6 +81,8 @@ def check_roi_options(opts: RoiOptions) -> RoiOptions:
         raise UserError(f"--seg_imgsz must be in 32..4096 pixels, got {opts.seg_imgsz}")
     if opts.keyframe_interval < 1:
         raise UserError(f"--keyframe_interval must be >= 1, got {opts.keyframe_interval}")
+    if opts.roi_motion not in ("on", "off"):
+        raise UserError(f"--roi_motion {opts.roi_motion}: choose on or off")
     return opts
 
 
@@ -282,6 +291,7 @@ class MotionSource:
         self.kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
         self.join = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (15, 15))
         self.anchor = None  # (gray, corners) of the frame everything is aligned to
+        self.drift = 0.0    # work pixels the current frame's corners moved from the anchor's
 
     def _reanchor(self, small: np.ndarray, gray: np.ndarray) -> None:
         self.bg = cv2.createBackgroundSubtractorMOG2(history=self.history, varThreshold=self.var_threshold,
@@ -314,8 +324,12 @@ class MotionSource:
         size = (small.shape[1], small.shape[0])
         m = self._to_anchor(gray) if self.anchor is not None else None
         if m is None:
+            self.drift = 0.0 if self.anchor is None else float("inf")  # lost: the camera moved far
             self._reanchor(small, gray)
             m = np.float32([[1, 0, 0], [0, 1, 0]])
+        else:
+            corners = np.float32([[0, 0, 1], [size[0], 0, 1], [0, size[1], 1], [size[0], size[1], 1]])
+            self.drift = float(np.abs(corners @ m.T - corners[:, :2]).max())
         aligned = cv2.warpAffine(small, m, size, borderMode=cv2.BORDER_REPLICATE)
         # a fixed, slow learning rate after the first frame: MOG2's default (1/frames seen) absorbs
         # a slowly moving car into the background within a few frames
@@ -332,6 +346,26 @@ class MotionSource:
         cv2.drawContours(solid, [cv2.convexHull(c) for c in contours], -1, 255, thickness=cv2.FILLED)
         solid = cv2.dilate(solid, self.kernel)
         return cv2.resize((solid > 0).astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+class StillCameraUnion:
+    """A detector's masks united with what moves (MotionSource), in frames where the camera is
+    still: its view within STILL_DRIFT work pixels (1 % of the width) of the motion anchor. A
+    detector misses things (unknown classes, small or occluded objects); on a static camera motion
+    finds them, and a moving camera's "motion" would be everything, so there the detector's masks
+    stand alone."""
+
+    stateful = True
+    STILL_DRIFT = 3.0
+
+    def __init__(self, detector, motion: Optional[MotionSource] = None):
+        self.detector, self.motion = detector, motion or MotionSource()
+        self.segmenter = getattr(detector, "segmenter", None)  # what report.json describes
+
+    def mask(self, frame: np.ndarray, name: Optional[str] = None) -> np.ndarray:
+        found = self.detector.mask(frame, name)
+        moving = self.motion.mask(frame)
+        return np.maximum(found, moving) if self.motion.drift <= self.STILL_DRIFT else found
 
 
 def read_mask_file(path: Path) -> np.ndarray:
@@ -423,5 +457,8 @@ def make_roi_source(opts: RoiOptions, frame_names=None, device=None, yolo_model=
         warn(f"{e} -- falling back to --roi_source motion")
         return MotionSource(), "motion"
     seg = YoloSegmenter(model, opts.roi_classes, opts.conf, opts.seg_imgsz, device)
-    return KeyframeSource(seg, opts.keyframe_interval), "yolo"
+    source = KeyframeSource(seg, opts.keyframe_interval)
+    if opts.roi_motion == "on":
+        return StillCameraUnion(source), "yolo+motion"
+    return source, "yolo"
 

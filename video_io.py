@@ -220,6 +220,13 @@ def crop_to_multiple(frame: np.ndarray, s: int) -> np.ndarray:
     return frame[: h - h % s, : w - w % s]
 
 
+def area_downscale(frame: np.ndarray, s: int) -> np.ndarray:
+    """The reference every output is compared with: the mean of each s x s block (OpenCV's
+    INTER_AREA at an integer factor), a partial block at the bottom/right edge dropped."""
+    h, w = frame.shape[:2]
+    return cv2.resize(frame, (w // s, h // s), interpolation=cv2.INTER_AREA)
+
+
 # ----------------------------------------------------------------------------------- writing
 
 

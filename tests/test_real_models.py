@@ -76,7 +76,7 @@ def test_inference_with_a_real_segmenter_end_to_end(tmp_path, model, seq, n, k, 
                            "--keyframe_interval", str(k), "--save_frames"])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["roi_source"] == "yolo" and report["frames"] == n and report["seg_imgsz"] == size
+    assert report["roi_source"] == "yolo+motion" and report["frames"] == n and report["seg_imgsz"] == size
     assert report["area_video_bytes"] > 0 and report["roi_options"]["keyframe_interval"] == k
     for i in checked:
         soft = read_image_rgb(out / "masks" / f"{i:05d}.png")[..., 0] > 128
@@ -87,7 +87,7 @@ def test_inference_with_a_real_segmenter_end_to_end(tmp_path, model, seq, n, k, 
 def test_make_roi_source_uses_the_onnx_model():
     source, used = make_roi_source(RoiOptions(roi_source="yolo", seg_model_path=str(SEG), roi_classes="person"))
     frame, truth = davis_frame("breakdance", 10)  # the dancer (spectators are people too, not annotated)
-    assert used == "yolo" and ((source.mask(frame) > 0) & truth).sum() > 0.7 * truth.sum()
+    assert used == "yolo+motion" and ((source.mask(frame) > 0) & truth).sum() > 0.7 * truth.sum()
     assert np.isfinite(source.mask(frame)).all()
 
 

@@ -59,3 +59,41 @@ def test_mask_folder_matches_frames_by_name(tmp_path):
         MaskFolderSource(tmp_path / "m", ["a.jpg", "c.jpg"])
     with pytest.raises(UserError, match="--masks_dir"):
         make_roi_source(RoiOptions(roi_source="masks", masks_dir=tmp_path / "missing"))
+
+
+class Blind:
+    """A detector that finds nothing."""
+
+    def mask(self, frame, name=None):
+        return np.zeros(frame.shape[:2], np.float32)
+
+
+def test_on_a_still_camera_what_moves_is_roi_even_when_the_detector_misses_it():
+    from roi_sources import StillCameraUnion
+    frames, masks = moving_square_frames(n=12, h=96, w=128)
+    src = StillCameraUnion(Blind())
+    got = [src.mask(f) for f in frames]
+    last, truth = got[-1] > 0.5, masks[-1] > 0
+    assert (last & truth).sum() > 0.5 * truth.sum() and last.mean() < 0.2
+
+
+def test_on_a_moving_camera_the_detector_masks_stand_alone():
+    from roi_sources import StillCameraUnion
+    import cv2
+    rng = np.random.default_rng(3)
+    scene = cv2.resize(rng.integers(30, 220, (24, 64, 3)).astype(np.uint8), (512, 96), interpolation=cv2.INTER_CUBIC)
+    frames = [scene[:, 8 * t:8 * t + 128].copy() for t in range(20)]
+    src = StillCameraUnion(Blind())
+    got = [src.mask(f) for f in frames]
+    assert all(g.max() == 0 for g in got[4:]) and src.motion.drift > src.STILL_DRIFT
+
+
+def test_a_detector_is_united_with_motion_unless_roi_motion_is_off():
+    from roi_sources import StillCameraUnion, check_roi_options
+    model = load_yolo("yolov8n-seg.yaml")
+    source, used = make_roi_source(RoiOptions(roi_source="yolo", seg_imgsz=64), yolo_model=model)
+    assert isinstance(source, StillCameraUnion) and used == "yolo+motion"
+    source, used = make_roi_source(RoiOptions(roi_source="yolo", seg_imgsz=64, roi_motion="off"), yolo_model=model)
+    assert isinstance(source, KeyframeSource) and used == "yolo"
+    with pytest.raises(UserError, match="--roi_motion"):
+        check_roi_options(RoiOptions(roi_motion="maybe"))
