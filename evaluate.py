@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import resource
+import shlex
 import time
 from pathlib import Path
 
@@ -604,11 +605,10 @@ def run(args) -> int:
     print(f"wrote {out_dir}/results.json, results.md, rd_curves.png")
     if args.write_docs:
         s = args.scale_factor
-        import shlex
         detector = Path(meta["detector"]).name if meta["detector"] else "none"
         header = (f"# Results at x{s}\n\nWritten by `python evaluate.py {shlex.join(sys.argv[1:])}` (x264 "
-                  f"{enc.preset}, CRFs {', '.join(map(str, crfs))}, at most {args.max_frames} frames a clip, "
-                  f"detection F1 with {detector}); do not edit by hand.\n\n")
+                  f"{enc.preset}, CRFs {', '.join(map(str, crfs))}, at most {args.max_frames} frames a clip "
+                  f"({args.static_frames} of a static camera's), detection F1 with {detector}); do not edit by hand.\n\n")
         atomic_write_bytes(paths.REPO / "docs" / f"results_x{s}.md", (header + document).encode())
         plot_rd(results, paths.REPO / "docs" / f"rd_x{s}.png")
         print(f"wrote docs/results_x{s}.md, docs/rd_x{s}.png")

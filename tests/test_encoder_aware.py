@@ -232,3 +232,23 @@ def test_floor_holds_in_every_block_so_a_missed_object_is_not_erased():
         return min(10 * np.log10(255 ** 2 / ((out[:, y:y + 8, x:x + 8] - area[:, y:y + 8, x:x + 8]) ** 2).mean())
                    for y in range(24, 40, 8) for x in range(32, 48, 8))
     assert worst_block_psnr(0.0) < 25 and worst_block_psnr(35.0) >= 34.5
+
+
+def test_a_person_who_walks_out_leaves_video_mp4_within_a_second(tmp_path, strong_ckpt):
+    """A network that holds a still background as hard as it can, a person who walks out of a
+    static camera's view: the decoded video.mp4 shows no ghost (metrics.longest_ghost) for 1 s."""
+    from video_io import FrameReader
+    frames, masks = noisy_static_scene(n=50, noise=4.0, contrast=70, **BIG)  # gone after frame 29
+    clip, mask_dir = tmp_path / "clip", tmp_path / "masks"
+    for i, (f, m) in enumerate(zip(frames, masks)):
+        write_png(clip / f"{i:03d}.png", f)
+        write_png(mask_dir / f"{i:03d}.png", m * 255)
+    assert inference.main(["--input_dir", str(clip), "--output_dir", str(tmp_path / "out"), "--checkpoint_path",
+                           str(strong_ckpt), "--roi_source", "masks", "--masks_dir", str(mask_dir)]) == 0
+    decoded = np.stack(list(FrameReader(tmp_path / "out" / "video.mp4")))
+    area = np.stack(metrics.resize_all(frames, 2))
+    assert decoded.shape == area.shape and masks[29].any() and not masks[30].any()
+    assert metrics.longest_ghost(decoded, area, 25.0) < 1.0
+    held = area.copy()  # the measure would see one: the person kept in every frame after it left
+    held[27:] = area[26]  # (the last frame with the whole person in view)
+    assert metrics.longest_ghost(held, area, 25.0) >= 0.8
