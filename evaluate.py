@@ -477,7 +477,8 @@ def run_signature(args, enc, crfs, methods, masks_from: str) -> str:
     ckpt = Path(args.checkpoint_path or checkpoint.default_path(args.scale_factor))
     stamp = ckpt.stat().st_mtime_ns if ckpt.is_file() else None
     code = hashlib.sha1(b"".join((paths.REPO / f).read_bytes() for f in (
-        "evaluate.py", "rd_control.py", "roi_downsampler.py", "video_io.py", "metrics.py", "engine.py"))).hexdigest()
+        "evaluate.py", "rd_control.py", "roi_downsampler.py", "roi_sources.py", "video_io.py", "metrics.py",
+        "engine.py"))).hexdigest()
     return json.dumps([code, str(ckpt), stamp, args.scale_factor, crfs, methods, dataclasses.asdict(enc), args.max_frames,
                        args.static_frames, args.det_every, args.detector_path, args.background_strength, args.background_quality,
                        masks_from], sort_keys=True, default=str)

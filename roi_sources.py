@@ -349,23 +349,31 @@ class MotionSource:
 
 
 class StillCameraUnion:
-    """A detector's masks united with what moves (MotionSource), in frames where the camera is
-    still: its view within STILL_DRIFT work pixels (1 % of the width) of the motion anchor. A
-    detector misses things (unknown classes, small or occluded objects); on a static camera motion
-    finds them, and a moving camera's "motion" would be everything, so there the detector's masks
-    stand alone."""
+    """A detector's masks united with what moves (MotionSource) while the camera is still and
+    little of the view moves: the view within STILL_DRIFT work pixels (1 % of the width) of the
+    motion anchor, and on average (over about a second) at most MAX_MOVING_SHARE of it moving. A
+    detector misses small things (unknown classes, far or occluded objects) and on a static
+    camera motion finds them; motion over much of the view is the scene itself (a moving camera,
+    smoke, water, a crowd, the world through a car window), so there the detector stands alone."""
 
     stateful = True
     STILL_DRIFT = 3.0
+    MAX_MOVING_SHARE = 0.05
+    WINDOW = 25  # frames the moving share is averaged over
 
     def __init__(self, detector, motion: Optional[MotionSource] = None):
         self.detector, self.motion = detector, motion or MotionSource()
         self.segmenter = getattr(detector, "segmenter", None)  # what report.json describes
+        self.moving_share, self.seen = 0.0, 0
 
     def mask(self, frame: np.ndarray, name: Optional[str] = None) -> np.ndarray:
         found = self.detector.mask(frame, name)
         moving = self.motion.mask(frame)
-        return np.maximum(found, moving) if self.motion.drift <= self.STILL_DRIFT else found
+        self.seen += 1
+        self.moving_share += (float(moving.mean()) - self.moving_share) / min(self.seen, self.WINDOW)
+        if self.motion.drift <= self.STILL_DRIFT and self.moving_share <= self.MAX_MOVING_SHARE:
+            return np.maximum(found, moving)
+        return found
 
 
 def read_mask_file(path: Path) -> np.ndarray:
