@@ -36,7 +36,7 @@ def roi_at_output(masks, s: int) -> np.ndarray:
     return np.repeat(roi[..., None], 3, -1)
 
 
-def rd_point(out, ref, roi, crf: int, fps: float, preset: str = "medium") -> tuple[dict, np.ndarray]:
+def rd_point(out, ref, roi, crf: int, fps: float, preset: str = "veryfast") -> tuple[dict, np.ndarray]:
     """Encode one output at one CRF: its H.264 bytes and ROI-PSNR after decoding, and the decoded frames."""
     size, decoded = encode_h264_bytes(out, fps, crf, preset)
     d = np.stack(decoded)

@@ -190,7 +190,7 @@ def validate(model, loss_fn, val_set, device, scale: int, crf: int = 28) -> dict
         for name, video in (("model", out.frames), ("area", ref)):
             totals[f"{name}_rate_proxy"] += float(rate_proxy(video, roi)) / n
             v8 = tensor_to_frames(video[0])
-            point, _ = metrics.rd_point(list(v8), ref8, roi3, crf, 25.0, preset="veryfast")
+            point, _ = metrics.rd_point(list(v8), ref8, roi3, crf, 25.0)
             totals[f"{name}_bytes"] += point["bytes"]
             totals[f"{name}_roi_psnr"] += point["roi_psnr"] / n
             totals[f"{name}_flicker"] += metrics.flicker(v8, ref8, ~roi3) / n
