@@ -258,11 +258,11 @@ def read_frames(reader: FrameReader, source, s: int, seconds: dict, bar, names: 
         yield frame, mask
 
 
-def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, device, roi_factory=None) -> dict:
+def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, device) -> dict:
     """Stream one sequence: read -> ROI (input thread) -> network -> decide -> write (output thread)."""
     reader = FrameReader(seq_path, fps=cfg.fps, skip_bad=cfg.skip_bad_frames)
     frame_names = [f.name for f in reader.files] if reader.files else None
-    source, source_used = (roi_factory or make_roi_source)(cfg.roi, frame_names=frame_names, device=str(device))
+    source, source_used = make_roi_source(cfg.roi, frame_names=frame_names, device=str(device))
     seconds, params_log, n = defaultdict(float), [], 0
     decider = rd_control.SegmentDecider(cfg.enc, reader.info.fps)
     writer, jobs = SequenceWriter(out_dir, reader.info.fps, cfg), OrderedWorker()
@@ -335,7 +335,7 @@ def summary_line(report: dict, out_dir: Path) -> str:
             f"ROI source {report['roi_source']}, {report['overall_fps']:.1f} frames/s)")
 
 
-def run(cfg: InferenceConfig, roi_factory=None) -> list[dict]:
+def run(cfg: InferenceConfig) -> list[dict]:
     import demo_data
     check_config(cfg)
     if cfg.threads:
@@ -355,7 +355,7 @@ def run(cfg: InferenceConfig, roi_factory=None) -> list[dict]:
     with ResultFolder(output_dir, "--output_dir") as result:
         for name, seq in sequences:
             out_dir = result.path / name if name else result.path
-            report = run_sequence(model, cfg, seq, out_dir, device, roi_factory)
+            report = run_sequence(model, cfg, seq, out_dir, device)
             report.update(checkpoint=ckpt_name, scale_factor=cfg.scale_factor, device=str(device),
                           roi_options=asdict(cfg.roi), **asdict(cfg.knobs))
             atomic_write_bytes(out_dir / "report.json", json.dumps(report, indent=2).encode())
