@@ -57,11 +57,9 @@ def training_sequences(train_args: dict, run_dir: Path):
     """The checkpoint's training sequences (validation split left out) with the masks the network
     saw, cached where training cached them when ``run_dir`` is its output folder. The detector is
     loaded weights-only, like every model file."""
-    d = RoiOptions()
-    roi = RoiOptions(train_args.get("roi_source", d.roi_source), train_args.get("seg_model_path", d.seg_model_path),
-                     train_args.get("roi_classes", d.roi_classes), train_args.get("conf", d.conf),
-                     train_args.get("seg_imgsz") or None)
-    check_roi_options(roi)
+    given = dict(train_args.get("roi") or train_args)  # checkpoints before TrainConfig.roi kept the flags flat
+    given["seg_imgsz"] = given.get("seg_imgsz") or None  # (and 0 for "the model's own size")
+    roi = check_roi_options(RoiOptions(**{k: given[k] for k in RoiOptions.__dataclass_fields__ if k in given}))
     vals = [v for v in str(train_args.get("val_sequences", "")).split(",") if v]
     _, train, _ = data.prepare_sequences(str(train_args["dataset_path"]).split(","), roi, run_dir, vals,
                                          float(train_args.get("val_fraction", 0.2)))

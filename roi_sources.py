@@ -47,28 +47,36 @@ class RoiOptions:
     roi_motion: str = "on"
 
 
-def add_roi_args(p: argparse.ArgumentParser, default_source: str = "auto") -> None:
-    """The ROI flags every CLI that finds objects shares (defaults from RoiOptions)."""
+def add_roi_args(p: argparse.ArgumentParser, default_source: str = "auto", only: Optional[Sequence[str]] = None,
+                 source_help: Optional[str] = None) -> None:
+    """The ROI flags every CLI that finds objects shares (defaults from RoiOptions); ``only``: the
+    RoiOptions fields a CLI offers (training runs the detector on every frame, alone)."""
     d = RoiOptions()
-    p.add_argument("--roi_source", default=default_source, choices=ROI_SOURCES,
-                   help="auto: YOLO if its weights load, else motion; yolo; motion; masks (files in --masks_dir)")
-    p.add_argument("--seg_model_path", default=d.seg_model_path,
-                   help="Ultralytics YOLO segmentation weights: .pt, or an exported .onnx (needs onnxruntime)")
-    p.add_argument("--roi_classes", default=d.roi_classes, help="comma-separated COCO classes, or 'all'")
-    p.add_argument("--conf", type=float, default=d.conf, help="YOLO confidence threshold")
-    p.add_argument("--seg_imgsz", type=int, default=None,
-                   help="YOLO input size (default: an exported .onnx's fixed size; 640 for a .pt, Ultralytics' "
-                        "own; 320 is ~3x faster and finds less)")
-    p.add_argument("--keyframe_interval", type=int, default=d.keyframe_interval,
-                   help="run YOLO every N frames, flow-warp masks between")
-    p.add_argument("--masks_dir", default=None, help="0/255 PNG masks named like the frames (--roi_source masks)")
-    p.add_argument("--roi_motion", default=d.roi_motion, choices=("on", "off"),
-                   help="on: while the camera is still, what moves is ROI too, detected or not")
+    flags = {
+        "roi_source": dict(default=default_source, help=source_help or  # checked by check_roi_options: one line
+                           "auto: YOLO if its weights load, else motion; yolo; motion; masks (files in --masks_dir)"),
+        "seg_model_path": dict(default=d.seg_model_path, help="Ultralytics YOLO segmentation weights: .pt, or an "
+                               "exported .onnx (needs onnxruntime)"),
+        "roi_classes": dict(default=d.roi_classes, help="comma-separated COCO classes, or 'all'"),
+        "conf": dict(type=float, default=d.conf, help="YOLO confidence threshold"),
+        "seg_imgsz": dict(type=int, default=None, help="YOLO input size (default: an exported .onnx's fixed size; "
+                          "640 for a .pt, Ultralytics' own; 320 is ~3x faster and finds less)"),
+        "keyframe_interval": dict(type=int, default=d.keyframe_interval,
+                                  help="run YOLO every N frames, flow-warp masks between"),
+        "masks_dir": dict(default=None, help="0/255 PNG masks named like the frames (--roi_source masks)"),
+        "roi_motion": dict(default=d.roi_motion, help="on | off: while the camera is still, what moves is ROI "
+                           "too, detected or not"),
+    }
+    for name, kw in flags.items():
+        if only is None or name in only:
+            p.add_argument(f"--{name}", **kw)
 
 
 def roi_options(args) -> RoiOptions:
-    """The RoiOptions part of a parsed Namespace (or any object with those attributes), checked."""
-    return check_roi_options(RoiOptions(**{k: getattr(args, k) for k in RoiOptions.__dataclass_fields__}))
+    """The RoiOptions part of a parsed Namespace (or any object with those attributes; a field it
+    lacks keeps its default), checked."""
+    return check_roi_options(RoiOptions(**{k: getattr(args, k) for k in RoiOptions.__dataclass_fields__
+                                           if hasattr(args, k)}))
 
 
 def check_roi_options(opts: RoiOptions) -> RoiOptions:

@@ -21,7 +21,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -38,8 +38,13 @@ from blip_clip_loss import (CombinedLoss, LossWeights, PerceptualUnavailable, ar
 from engine import pick_device, tensor_to_frames
 from errors import UserError, no_interrupts, run_cli, warn
 from roi_downsampler import DEFAULT_BACKGROUND_QUALITY, DownsamplerConfig, ROIDownsampler
-from roi_sources import DEFAULT_ROI_CLASSES, DEFAULT_SEG_MODEL, RoiOptions, check_roi_options
+from roi_sources import RoiOptions, add_roi_args, roi_options
 from video_io import check_apart
+
+
+# the RoiOptions training offers (roi_sources.add_roi_args): it runs the detector on every frame, alone,
+# and the annotations of the dataset are its masks
+TRAINING_ROI_FLAGS = ("roi_source", "seg_model_path", "roi_classes", "conf", "seg_imgsz")
 
 
 @dataclass
@@ -68,11 +73,7 @@ class TrainConfig:
     val_sequences: str = ""
     val_frames: int = 12
     val_crop: int = 0  # 0 = whole frames
-    roi_source: str = "auto"
-    seg_model_path: str = DEFAULT_SEG_MODEL
-    roi_classes: str = DEFAULT_ROI_CLASSES
-    conf: float = 0.25
-    seg_imgsz: int = 0  # 0: the model's fixed input size (exported .onnx), else 640
+    roi: RoiOptions = field(default_factory=lambda: RoiOptions(roi_motion="off"))  # TRAINING_ROI_FLAGS
     perceptual_model: str = "clip"
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = "openai"
@@ -87,9 +88,6 @@ def parse_args(argv=None) -> TrainConfig:
     helps = {
         "dataset_path": "DAVIS root (2016/2017 layout), folder of sequences, folder of videos, or one clip; "
                         "several, comma-separated, are trained on together",
-        "roi_source": "what the network sees: auto (annotations where present, else YOLO, else motion) | yolo | "
-                      "motion (for every sequence; annotations, where present, are what the losses score) | masks",
-        "seg_model_path": "Ultralytics YOLO segmentation weights, .pt or exported .onnx",
         "perceptual_model": "yolo:PATH (a frozen YOLO .pt's features; what train.sh uses) | clip | blip, several "
                             "joined by + | none",
         "allow_missing_perceptual": "train without the perceptual term if its weights cannot be loaded",
@@ -101,15 +99,21 @@ def parse_args(argv=None) -> TrainConfig:
         "device": "auto (CUDA when present) | cpu | cuda",
         "export": "copy best.pth here at the end, e.g. models/roi_downsampler_x2.pth",
     }
+    add_roi_args(p, only=TRAINING_ROI_FLAGS, source_help=(
+        "what the network sees: auto (annotations where present, else YOLO, else motion) | yolo | motion (for "
+        "every sequence; annotations, where present, are what the losses score) | masks"))
     for name, f in TrainConfig.__dataclass_fields__.items():
+        if name == "roi":
+            continue
         if f.type == "bool":
             p.add_argument(f"--{name}", action="store_true", help=helps.get(name))
         else:
             typ = {"int": int, "float": float}.get(f.type, str)
             p.add_argument(f"--{name}", type=typ, default=f.default, help=helps.get(name),
                            required=name == "dataset_path")
-    cfg = TrainConfig(**vars(p.parse_args(argv)))
-    cfg.seg_imgsz = cfg.seg_imgsz or None
+    args = p.parse_args(argv)
+    roi = replace(roi_options(args), roi_motion="off")  # training runs the detector on every frame, alone
+    cfg = TrainConfig(roi=roi, **{k: getattr(args, k) for k in TrainConfig.__dataclass_fields__ if k != "roi"})
     if cfg.scale_factor not in (2, 4):
         raise UserError(f"--scale_factor {cfg.scale_factor}: use 2 or 4")
     if not (cfg.background_quality == 0 or 10 <= cfg.background_quality <= 100):
@@ -121,9 +125,8 @@ def parse_args(argv=None) -> TrainConfig:
         raise UserError(f"--lr must be > 0 and --weight_decay >= 0, got {cfg.lr}, {cfg.weight_decay}")
     if cfg.workers < 0:
         raise UserError(f"--workers must be >= 0, got {cfg.workers}")
-    check_roi_options(roi_of(cfg))
     datasets = {f"--dataset_path {p}": p for p in cfg.dataset_path.split(",") if p}
-    check_apart(cfg.output_dir, "--output_dir", {**datasets, "--seg_model_path": cfg.seg_model_path})
+    check_apart(cfg.output_dir, "--output_dir", {**datasets, "--seg_model_path": cfg.roi.seg_model_path})
     return cfg
 
 
@@ -138,11 +141,6 @@ def setup_distributed():
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     return dist.get_rank(), dist.get_world_size()
-
-
-def roi_of(cfg: TrainConfig) -> RoiOptions:
-    """The ROI flags of a training run, as every CLI reads them."""
-    return RoiOptions(cfg.roi_source, cfg.seg_model_path, cfg.roi_classes, cfg.conf, cfg.seg_imgsz)
 
 
 def seed_everything(seed: int):
@@ -303,7 +301,7 @@ def setup(cfg: TrainConfig) -> Run:
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
 
-    found, train_seqs, val_seqs = data.prepare_sequences(cfg.dataset_path.split(","), roi_of(cfg), run_dir,
+    found, train_seqs, val_seqs = data.prepare_sequences(cfg.dataset_path.split(","), cfg.roi, run_dir,
                                                          [v for v in cfg.val_sequences.split(",") if v],
                                                          cfg.val_fraction, rank)
     if rank == 0:
