@@ -101,7 +101,8 @@ def test_training_writes_checkpoints_log_and_curves(tmp_path):
     assert {"model_bytes", "area_bytes", "model_roi_psnr", "area_roi_psnr", "model_flicker"} <= set(rows[0]["val"])
     assert (out / "training_curves.png").stat().st_size > 1000 and (tmp_path / "exported.pth").exists()
     from checkpoint import load_model
-    load_model(tmp_path / "exported.pth", expected_scale=2)
+    _, ckpt = load_model(tmp_path / "exported.pth", expected_scale=2)
+    assert ckpt["train_args"]["roi"]["roi_source"] == "auto" and ckpt["train_args"]["roi"]["roi_motion"] == "off"
     # a second run into the same folder must not clobber it silently
     assert trainer.main(tiny_args(dataset, out)) == 2
 
