@@ -10,7 +10,7 @@ import math
 import cv2
 import numpy as np
 
-from video_io import area_downscale, encode_h264_bytes
+from video_io import encode_h264_bytes
 
 PSNR_CAP = 100.0  # identical signals: PSNR is infinite; we report this cap instead
 
@@ -18,8 +18,6 @@ PSNR_CAP = 100.0  # identical signals: PSNR is infinite; we report this cap inst
 def resize_all(frames, s: int, interp=cv2.INTER_AREA) -> list[np.ndarray]:
     """Every frame downscaled by s with one OpenCV interpolation (INTER_AREA: the reference,
     video_io.area_downscale)."""
-    if interp == cv2.INTER_AREA:
-        return [area_downscale(f, s) for f in frames]
     h, w = frames[0].shape[:2]
     return [cv2.resize(f, (w // s, h // s), interpolation=interp) for f in frames]
 

@@ -73,10 +73,8 @@ def add_roi_args(p: argparse.ArgumentParser, default_source: str = "auto", only:
 
 
 def roi_options(args) -> RoiOptions:
-    """The RoiOptions part of a parsed Namespace (or any object with those attributes; a field it
-    lacks keeps its default), checked."""
-    return check_roi_options(RoiOptions(**{k: getattr(args, k) for k in RoiOptions.__dataclass_fields__
-                                           if hasattr(args, k)}))
+    """The RoiOptions part of a parsed Namespace (or any object with those attributes), checked."""
+    return check_roi_options(RoiOptions(**{k: getattr(args, k) for k in RoiOptions.__dataclass_fields__}))
 
 
 def check_roi_options(opts: RoiOptions) -> RoiOptions:

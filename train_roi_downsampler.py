@@ -38,7 +38,7 @@ from blip_clip_loss import (CombinedLoss, LossWeights, PerceptualUnavailable, ar
 from engine import pick_device, tensor_to_frames
 from errors import UserError, no_interrupts, run_cli, warn
 from roi_downsampler import DEFAULT_BACKGROUND_QUALITY, DownsamplerConfig, ROIDownsampler
-from roi_sources import RoiOptions, add_roi_args, roi_options
+from roi_sources import RoiOptions, add_roi_args, check_roi_options
 from video_io import check_apart
 
 
@@ -73,7 +73,7 @@ class TrainConfig:
     val_sequences: str = ""
     val_frames: int = 12
     val_crop: int = 0  # 0 = whole frames
-    roi: RoiOptions = field(default_factory=lambda: RoiOptions(roi_motion="off"))  # TRAINING_ROI_FLAGS
+    roi: RoiOptions = field(default_factory=lambda: RoiOptions(roi_motion="off"))  # set by TRAINING_ROI_FLAGS
     perceptual_model: str = "clip"
     clip_model: str = "ViT-B-32"
     clip_pretrained: str = "openai"
@@ -112,7 +112,7 @@ def parse_args(argv=None) -> TrainConfig:
             p.add_argument(f"--{name}", type=typ, default=f.default, help=helps.get(name),
                            required=name == "dataset_path")
     args = p.parse_args(argv)
-    roi = replace(roi_options(args), roi_motion="off")  # training runs the detector on every frame, alone
+    roi = check_roi_options(replace(TrainConfig().roi, **{k: getattr(args, k) for k in TRAINING_ROI_FLAGS}))
     cfg = TrainConfig(roi=roi, **{k: getattr(args, k) for k in TrainConfig.__dataclass_fields__ if k != "roi"})
     if cfg.scale_factor not in (2, 4):
         raise UserError(f"--scale_factor {cfg.scale_factor}: use 2 or 4")

@@ -1,8 +1,9 @@
+import cv2
 import numpy as np
 import pytest
 
-from roi_sources import (KeyframeSource, MaskFolderSource, RoiOptions, YoloSegmenter, class_ids, load_yolo,
-                         make_roi_source)
+from roi_sources import (KeyframeSource, MaskFolderSource, RoiOptions, StillCameraUnion, YoloSegmenter,
+                         check_roi_options, class_ids, load_yolo, make_roi_source)
 from video_io import write_png
 from errors import UserError
 from conftest import moving_square_frames
@@ -69,7 +70,6 @@ class Blind:
 
 
 def test_on_a_still_camera_what_moves_is_roi_even_when_the_detector_misses_it():
-    from roi_sources import StillCameraUnion
     frames, masks = moving_square_frames(n=12, h=192, w=256)
     src = StillCameraUnion(Blind())
     got = [src.mask(f) for f in frames]
@@ -79,10 +79,8 @@ def test_on_a_still_camera_what_moves_is_roi_even_when_the_detector_misses_it():
 
 def test_when_much_of_a_still_view_moves_the_detector_masks_stand_alone():
     """Water, smoke, a crowd: motion over a large share of the view is the scene, not a missed object."""
-    from roi_sources import StillCameraUnion
     frames, _ = moving_square_frames(n=40, h=192, w=256)
     rng = np.random.default_rng(5)
-    import cv2
     for f in frames:  # water below: brightness swells, few trackable corners
         swell = cv2.resize(rng.normal(0, 40, (3, 6)).astype(np.float32), (256, 96), interpolation=cv2.INTER_CUBIC)
         f[96:] = np.clip(f[96:] + swell[..., None], 0, 255).astype(np.uint8)
@@ -92,8 +90,6 @@ def test_when_much_of_a_still_view_moves_the_detector_masks_stand_alone():
 
 
 def test_on_a_moving_camera_the_detector_masks_stand_alone():
-    from roi_sources import StillCameraUnion
-    import cv2
     rng = np.random.default_rng(3)
     scene = cv2.resize(rng.integers(30, 220, (24, 64, 3)).astype(np.uint8), (512, 96), interpolation=cv2.INTER_CUBIC)
     frames = [scene[:, 8 * t:8 * t + 128].copy() for t in range(20)]
@@ -103,7 +99,6 @@ def test_on_a_moving_camera_the_detector_masks_stand_alone():
 
 
 def test_a_detector_is_united_with_motion_unless_roi_motion_is_off():
-    from roi_sources import StillCameraUnion, check_roi_options
     model = load_yolo("yolov8n-seg.yaml")
     source, used = make_roi_source(RoiOptions(roi_source="yolo", seg_imgsz=64), yolo_model=model)
     assert isinstance(source, StillCameraUnion) and used == "yolo+motion"
