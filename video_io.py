@@ -450,7 +450,8 @@ class QualityMeter:
         self.sums = np.zeros(4)              # roi sse, roi samples, background sse, background samples
 
     def expect(self, reference: np.ndarray, roi: np.ndarray) -> None:
-        self.pending.append((reference, roi))
+        """reference: uint8 RGB (what the decoded frame should be); roi: bool (H, W)."""
+        self.pending.append((np.ascontiguousarray(reference), np.ascontiguousarray(roi, dtype=np.uint8)))
 
     def decode(self, packet, codec_context) -> None:
         import av
@@ -461,10 +462,13 @@ class QualityMeter:
             self._compare(frame)
 
     def _compare(self, frame) -> None:
-        reference, roi = self.pending.popleft()
+        reference, roi = self.pending.popleft()  # uint8 RGB, uint8 0/1
         h, w = reference.shape[:2]
-        err = ((frame.to_ndarray(format="rgb24")[:h, :w].astype(np.float32) - reference) ** 2).sum(-1)
-        self.sums += (float(err[roi].sum()), 3 * float(roi.sum()), float(err[~roi].sum()), 3 * float((~roi).sum()))
+        decoded = np.ascontiguousarray(frame.to_ndarray(format="rgb24")[:h, :w])
+        total = cv2.norm(decoded, reference, cv2.NORM_L2SQR)  # exact integer sums, ~5x numpy's speed
+        inside = cv2.norm(decoded, reference, cv2.NORM_L2SQR, mask=roi)
+        n_inside = 3 * cv2.countNonZero(roi)
+        self.sums += (inside, n_inside, total - inside, 3 * h * w - n_inside)
 
     def finish(self) -> dict:
         """{"roi_psnr", "bg_psnr"} of everything written (None where there were no such pixels)."""

@@ -162,3 +162,25 @@ def test_prime_summarises_the_first_frames_exactly_as_step_does():
         primed = model.prime(frames, masks)
     assert primed.frames_seen == 6 and torch.allclose(primed.stats_ema, state.stats_ema, atol=1e-6)
     assert primed.prev_base is None and primed.feature_ema is None  # everything else starts fresh
+
+
+@pytest.mark.parametrize("s", [2, 4])
+def test_inference_detail_over_the_mask_alone_equals_the_full_frame_path(s):
+    """Inference computes the ROI detail only where the soft mask reaches: the same output as
+    training's full-frame path, on a frame where most of the view is far from any object."""
+    torch.manual_seed(0)
+    model = ROIDownsampler(DownsamplerConfig(scale_factor=s)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    frames, _ = clip(t=3, h=160, w=256)
+    masks = torch.zeros(1, 3, 1, 160, 256)
+    for i in range(3):  # an object in the middle, moving: the crop starts away from the borders
+        masks[:, i, :, 64:96, 120 + 8 * i:160 + 8 * i] = 1
+    with torch.enable_grad():
+        full = model(frames, masks)
+    with torch.no_grad():
+        cropped = model(frames, masks)
+    assert (cropped.masks == 0).float().mean() > 0.2  # the crop is a real crop
+    assert (full.params[..., PARAM_NAMES.index("roi_detail")] > 0.1).all()
+    assert torch.allclose(cropped.frames, full.frames.detach(), atol=1e-5)
