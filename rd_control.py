@@ -36,10 +36,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+import cv2
 import numpy as np
 
 from errors import UserError
-from video_io import measure_h264, quant_regions, roi_rectangles
+from video_io import measure_h264, quant_regions, roi_rectangles, temporal_median
 
 SEGMENT = 50                 # frames per decision (2 s at 25 fps: the look-ahead)
 TRIAL_FRAMES = 12            # frames of each segment trial-encoded per candidate
@@ -186,10 +187,12 @@ def scoring_reference(area_frames, softs) -> list:
     stay within STILL_NOISE of their temporal median over the whole trial window -- there the
     median, the still background without its sensor noise. Otherwise a static camera's denoised
     background would score below a faithful copy of the noise."""
-    stack = np.stack(area_frames)
-    median = np.median(stack, axis=0).astype(np.uint8)
-    still = (np.abs(stack.astype(np.int16) - median).max(axis=(0, 3)) <= STILL_NOISE)[..., None]
-    return [np.where(still & ~roi_of(s)[..., None], median, a) for a, s in zip(area_frames, softs)]
+    median = temporal_median(area_frames)
+    spread = np.zeros(median.shape[:2], np.uint8)  # the largest change from the median, over frames and colours
+    for a in area_frames:
+        np.maximum(spread, cv2.absdiff(a, median).max(axis=2), out=spread)
+    still = spread <= STILL_NOISE
+    return [np.where((still & ~roi_of(s))[..., None], median, a) for a, s in zip(area_frames, softs)]
 
 
 def deltas(max_delta: int) -> list[int]:

@@ -227,6 +227,39 @@ def area_downscale(frame: np.ndarray, s: int) -> np.ndarray:
     return cv2.resize(frame, (w // s, h // s), interpolation=cv2.INTER_AREA)
 
 
+def _sorting_network(n: int) -> list[tuple[int, int]]:
+    """Batcher's odd-even merge sort: compare-exchange pairs that sort n (a power of two) values."""
+    pairs, p = [], 1
+    while p < n:
+        k = p
+        while k >= 1:
+            for j in range(k % p, n - k, 2 * k):
+                for i in range(min(k, n - j - k)):
+                    if (i + j) // (2 * p) == (i + j + k) // (2 * p):
+                        pairs.append((i + j, i + j + k))
+            k //= 2
+        p *= 2
+    return pairs
+
+
+def temporal_median(frames) -> np.ndarray:
+    """np.median(frames, axis=0) of equal-shape uint8 frames, as uint8 (an even count's two middle
+    values averaged, rounded down), by a sorting network of element-wise min/max: ~12x faster
+    than np.median for a dozen frames, which partitions a strided axis pixel by pixel."""
+    n, size = len(frames), 1
+    while size < n:
+        size *= 2
+    pad = size - n  # zeros sort first: the frames' order statistics are `pad` places on
+    x = [np.zeros_like(frames[0])] * pad + list(frames)
+    for a, b in _sorting_network(size):
+        if b >= pad:  # two pads compare to nothing
+            x[a], x[b] = np.minimum(x[a], x[b]), np.maximum(x[a], x[b])
+    mid = pad + n // 2
+    if n % 2:
+        return x[mid]
+    return ((x[mid - 1].astype(np.uint16) + x[mid]) // 2).astype(np.uint8)
+
+
 # ----------------------------------------------------------------------------------- writing
 
 

@@ -122,3 +122,12 @@ def test_display_rotation_of_a_video_is_applied_with_a_note(tmp_path, capsys):
     assert back[0][:16, -8:].mean() > 200 and back[0][-16:, :8].mean() < 50  # top-left turned to top-right
     assert "rotation" in capsys.readouterr().err
 
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 12, 16])
+def test_temporal_median_equals_numpy_median(n):
+    from video_io import temporal_median
+    rng = np.random.default_rng(n)
+    frames = [rng.integers(0, 256, (7, 9, 3), dtype=np.uint8) for _ in range(n)]
+    expected = np.median(np.stack(frames), axis=0).astype(np.uint8)
+    assert np.array_equal(temporal_median(frames), expected)
