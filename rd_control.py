@@ -188,10 +188,10 @@ def scoring_reference(area_frames, softs) -> list:
     median, the still background without its sensor noise. Otherwise a static camera's denoised
     background would score below a faithful copy of the noise."""
     median = temporal_median(area_frames)
-    spread = np.zeros(median.shape[:2], np.uint8)  # the largest change from the median, over frames and colours
+    spread = np.zeros_like(median)  # the largest change from the median over the frames, per colour
     for a in area_frames:
-        np.maximum(spread, cv2.absdiff(a, median).max(axis=2), out=spread)
-    still = spread <= STILL_NOISE
+        np.maximum(spread, cv2.absdiff(a, median), out=spread)
+    still = spread.max(axis=2) <= STILL_NOISE
     return [np.where((still & ~roi_of(s))[..., None], median, a) for a, s in zip(area_frames, softs)]
 
 
