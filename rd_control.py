@@ -17,7 +17,11 @@ is tried with the objects ROI_BOOST steps finer.
 For each segment (default 50 frames, 2 s at 25 fps) the first ``trial_frames`` of the candidates
 are encoded with the stream's own settings, decoded and measured against area downscaling --
 except a background that stays still over the trial window, measured against its temporal median
-(``scoring_reference``: a still background is the median, not a copy of its sensor noise):
+(``scoring_reference``: a still background is the median, not a copy of its sensor noise).
+Bytes are the whole segment's, estimated (``segment_bits``): every trial stream starts with an
+intra frame, but the stream itself has one at its start only (x264's keyint is 250 frames), and
+a simplified background saves far more in an intra frame than in the predicted frames that make
+up almost all of a segment:
 
 - objects: ROI-PSNR must be >= plain area at ``--crf`` minus ROI_TOLERANCE_DB;
 - background: PSNR outside the ROI must be >= area's background coded at ``--background_crf``
@@ -174,12 +178,28 @@ def output_of(choice: Candidate, images: dict, soft):
     return images[choice.background], regions_of(choice, soft)
 
 
-def trial(frames, area_frames, softs, choice: Candidate, crf: int, fps: float, preset: str) -> dict:
-    """Bits, ROI-PSNR and background PSNR (against ``area_frames``, see scoring_reference) of
-    frames coded as `choice`."""
+def segment_bits(trial_bytes: int, intra_bytes: int, trial_frames: int, segment_frames: int,
+                 starts_stream: bool) -> float:
+    """A segment's bits estimated from a trial of its first frames: the trial's intra frame
+    counts only where the stream itself starts, and its predicted frames stand for all of the
+    segment's (a 12-frame trial is a third intra frame; a 50-frame segment inside a stream is
+    none)."""
+    if trial_frames < 2:  # an intra frame alone: nothing to scale
+        return 8.0 * trial_bytes
+    per_predicted = (trial_bytes - intra_bytes) / (trial_frames - 1)
+    if starts_stream:
+        return 8.0 * (intra_bytes + per_predicted * (segment_frames - 1))
+    return 8.0 * per_predicted * segment_frames
+
+
+def trial(frames, area_frames, softs, choice: Candidate, crf: int, fps: float, preset: str,
+          segment_frames: int, starts_stream: bool) -> dict:
+    """Bits of the whole segment (segment_bits), ROI-PSNR and background PSNR (against
+    ``area_frames``, see scoring_reference) of its first frames coded as `choice`."""
     m = measure_h264(frames, [(a, roi_of(s)) for a, s in zip(area_frames, softs)], fps, crf, preset,
                      [regions_of(choice, s) for s in softs])
-    return {"bits": 8 * m.pop("bytes"), **m}
+    bits = segment_bits(m.pop("bytes"), m.pop("intra_bytes"), len(frames), segment_frames, starts_stream)
+    return {"bits": bits, **m}
 
 
 def scoring_reference(area_frames, softs) -> list:
@@ -217,7 +237,8 @@ def decide(frames: dict, softs, opts: EncoderOptions, fps: float, start: int = 0
     trials: dict[Candidate, dict] = {}
 
     def measure(c: Candidate) -> dict:
-        trials[c] = trial(frames[c.background][:n], area, softs_n, c, opts.crf, fps, opts.preset)
+        trials[c] = trial(frames[c.background][:n], area, softs_n, c, opts.crf, fps, opts.preset,
+                          len(frames["area"]), start == 0)
         return trials[c]
 
     ref = measure(AREA)

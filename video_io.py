@@ -527,6 +527,7 @@ class _H264Stream:
         self.stream.codec_context.thread_count = threads
         self.stream.options = {"crf": str(int(crf)), "preset": preset}
         self.frames = self.payload = 0
+        self.first_packet = None  # bytes of the stream's first packet: its intra (IDR) frame
 
     def write(self, rgb: np.ndarray, regions=(), reference=None) -> None:
         """One frame; `regions` ((x, y, w, h), qoffset) are x264 quantiser offsets (with_roi_offsets);
@@ -554,6 +555,8 @@ class _H264Stream:
     def _mux(self, frame) -> None:
         for packet in self.stream.encode(frame):
             self.payload += packet.size
+            if self.first_packet is None:
+                self.first_packet = packet.size
             if self.meter is not None:
                 self.meter.decode(packet, self.stream.codec_context)
             self.container.mux(packet)
@@ -624,7 +627,8 @@ def encode_h264_bytes(frames, fps: float, crf: int, preset: str = "veryfast",
 
 def measure_h264(frames, references, fps: float, crf: int, preset: str = "veryfast", regions=None) -> dict:
     """Encode frames in memory as encode_h264_bytes does and measure what a decoder shows against
-    `references` ((RGB, ROI bool) per frame): {"bytes", "roi_psnr", "bg_psnr"}."""
+    `references` ((RGB, ROI bool) per frame): {"bytes", "intra_bytes" (the first, intra-coded
+    frame's), "roi_psnr", "bg_psnr"}."""
     import av
     meter = QualityMeter()
     with av.open(io.BytesIO(), mode="w", format="mp4") as container:
@@ -632,4 +636,4 @@ def measure_h264(frames, references, fps: float, crf: int, preset: str = "veryfa
         for i, (f, ref) in enumerate(zip(frames, references)):
             encoder.write(f, regions[i] if regions is not None else (), ref)
         encoder.flush()
-    return {"bytes": encoder.payload, **meter.finish()}
+    return {"bytes": encoder.payload, "intra_bytes": encoder.first_packet or 0, **meter.finish()}

@@ -252,3 +252,26 @@ def test_a_person_who_walks_out_leaves_video_mp4_within_a_second(tmp_path, stron
     held = area.copy()  # the measure would see one: the person kept in every frame after it left
     held[27:] = area[26]  # (the last frame with the whole person in view)
     assert metrics.longest_ghost(held, area, 25.0) >= 0.8
+
+
+def test_segment_bits_count_the_intra_frame_only_where_the_stream_starts():
+    # a 12-frame trial of 10 000 bytes, 4 000 of them its intra frame: 6 000 / 11 per predicted frame
+    first = rd_control.segment_bits(10_000, 4_000, 12, 50, starts_stream=True)
+    later = rd_control.segment_bits(10_000, 4_000, 12, 50, starts_stream=False)
+    assert first == pytest.approx(8 * (4_000 + 6_000 / 11 * 49))
+    assert later == pytest.approx(8 * 6_000 / 11 * 50)
+    assert rd_control.segment_bits(10_000, 4_000, 12, 12, starts_stream=True) == pytest.approx(80_000)
+
+
+def test_a_background_that_saves_only_in_the_intra_frame_is_not_chosen_inside_a_stream():
+    """A held background on a still, noisy scene saves bits in the intra frame, hardly in the
+    predicted frames x264 skips anyway: a segment that does not start the stream keeps area."""
+    frames, masks = noisy_static_scene(noise=6.0, **BIG)
+    area = metrics.resize_all(frames, 2)
+    softs = softs_of(masks)
+    mean_bg = np.mean(np.stack(area), 0)
+    held = [np.where(s[..., None] < 128, mean_bg, a).round().astype(np.uint8) for a, s in zip(area, softs)]
+    enc = rd_control.EncoderOptions(preset="medium", trial_frames=24)
+    sources = {"area": area, "model": held}
+    assert rd_control.decide(sources, softs, enc, 25, start=0).choice.background == "model"
+    assert rd_control.decide(sources, softs, enc, 25, start=50).choice == rd_control.AREA
