@@ -49,7 +49,8 @@ import rd_control
 from errors import UserError, run_cli, warn
 from rd_control import add_encoder_args, encoder_options
 from roi_sources import RoiOptions, add_roi_args, load_yolo, make_roi_source, roi_options
-from video_io import FrameReader, area_downscale, atomic_write_bytes, check_apart, crop_to_multiple, roi_rectangles
+from video_io import (FrameReader, area_downscale, atomic_write_bytes, check_apart, crop_to_multiple, roi_rectangles,
+                      temporal_median)
 
 DEFAULT_CRFS = (18, 23, 28, 33, 38)
 ALL_METHODS = ("model", "network", "area", "area+roi_qp", "bicubic", "lanczos", "blur_heuristic")
@@ -182,7 +183,7 @@ def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=
     size = frames[0].shape[1::-1]
     ref_dets = [detector(frames[t]) for t in range(0, len(frames), det_every)] if detector else None
     common = dict(detector=detector, ref_dets=ref_dets, size=size, det_every=det_every,
-                  still=np.median(ref, axis=0).astype(np.uint8) if static else None)
+                  still=temporal_median(ref) if static else None)
     results = {}
     enc = enc or rd_control.EncoderOptions()
     preset = enc.preset

@@ -426,8 +426,8 @@ class ROIDownsampler(nn.Module):
             return base + gain * self.detail(frame.contiguous(memory_format=torch.channels_last)).contiguous()
         if gain.max() <= 1e-6:
             return base
-        rows = torch.nonzero((soft > 0).any(3).any(1).any(0))
-        cols = torch.nonzero((soft > 0).any(2).any(1).any(0))
+        covered = (soft > 0).any(1).any(0)  # (h, w) over the batch
+        rows, cols = torch.nonzero(covered.any(1)), torch.nonzero(covered.any(0))
         if len(rows) == 0:
             return base
         r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
