@@ -18,7 +18,9 @@ what each method needs to reach area's F1 at CRF 23.
 
 Methods: model, area, area+roi_qp (area downscale encoded with x264 ROI quantiser offsets on the
 macroblocks of the same masks; the best of qoffset -0.1/-0.2/-0.3 per clip is the anchor it
-reports), bicubic, lanczos, blur_heuristic. The clip is held in memory: short clips (--max_frames).
+reports), still_plate (a ceiling, not a product: area's objects over the whole clip's temporal
+median, the background at --background_crf -- what a perfect still background plate could save,
+knowing the future), bicubic, lanczos, blur_heuristic. The clip is held in memory (--max_frames).
 """
 from __future__ import annotations
 
@@ -49,11 +51,11 @@ import rd_control
 from errors import UserError, run_cli, warn
 from rd_control import add_encoder_args, encoder_options
 from roi_sources import RoiOptions, add_roi_args, load_yolo, make_roi_source, roi_options
-from video_io import (FrameReader, area_downscale, atomic_write_bytes, check_apart, crop_to_multiple, roi_rectangles,
-                      temporal_median)
+from video_io import (FrameReader, area_downscale, atomic_write_bytes, check_apart, crop_to_multiple, quant_regions,
+                      roi_rectangles, temporal_median)
 
 DEFAULT_CRFS = (18, 23, 28, 33, 38)
-ALL_METHODS = ("model", "network", "area", "area+roi_qp", "bicubic", "lanczos", "blur_heuristic")
+ALL_METHODS = ("model", "network", "area", "area+roi_qp", "still_plate", "bicubic", "lanczos", "blur_heuristic")
 ROI_QOFFSETS = (-0.1, -0.2, -0.3)
 MODES = ("end_to_end", "weak_detector", "oracle")  # masks in: the float .pt at 640, the int8 ONNX at 320, the truth
 
@@ -74,11 +76,23 @@ def blur_heuristic(frames, masks, s, sigma: float = 2.0, feather: int = 7):
     return out
 
 
+def still_plate(frames, masks, s, grow: int = 5):
+    """The ceiling of any still-background treatment: area downscaling inside the masks (grown by
+    ``grow`` output pixels), the clip's temporal median of area downscaling everywhere else."""
+    area = metrics.resize_all(frames, s)
+    plate = temporal_median(area)
+    kernel = np.ones((grow, grow), np.uint8)
+    return [np.where(cv2.dilate(metrics.block_max(m, s).astype(np.uint8), kernel)[..., None] > 0, a, plate)
+            for a, m in zip(area, masks)]
+
+
 def downscale(method, frames, masks, s, model=None):
     if method in ("model", "network"):
         return engine.downsample(model, frames, masks)
     if method == "blur_heuristic":
         return blur_heuristic(frames, masks, s)
+    if method == "still_plate":
+        return still_plate(frames, masks, s)
     interp = {"area": cv2.INTER_AREA, "area+roi_qp": cv2.INTER_AREA, "bicubic": cv2.INTER_CUBIC,
               "lanczos": cv2.INTER_LANCZOS4}[method]
     return metrics.resize_all(frames, s, interp)
@@ -188,6 +202,8 @@ def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=
     enc = enc or rd_control.EncoderOptions()
     preset = enc.preset
     for method in methods:
+        if method == "still_plate" and not static:  # a temporal median is a background only for a still camera
+            continue
         if method == "model":
             rd_points, chosen, seconds = model_points(frames, masks, s, model, crfs, fps, ref, roi, enc,
                                                       name, **common)
@@ -214,6 +230,12 @@ def evaluate_clip(frames, masks, methods, s, crfs=DEFAULT_CRFS, fps=25.0, model=
             r.update(rd=variants[best], qoffset=best, qoffset_bd_rates={str(q): v for q, v in bds.items()})
         elif method == "model":
             r["rd"] = rd_points
+        elif method == "still_plate":  # the background as coarse as the product's floor
+            h, w = out[0].shape[:2]
+            rois = encoder_rois(masks, s)
+            r["rd"] = [measure_point(out, ref, roi, crf, fps, preset,
+                                     [quant_regions(rects, 0, enc.max_delta / 51, w, h) for rects in rois], **common)
+                       for crf in tqdm(crfs, desc=f"{name}: {method}", unit="crf", leave=False)]
         else:
             r["rd"] = [measure_point(out, ref, roi, crf, fps, preset, **common)
                        for crf in tqdm(crfs, desc=f"{name}: {method}", unit="crf", leave=False)]
@@ -285,7 +307,7 @@ def same_crf_table(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-SUMMARY_METHODS = ("model", "network", "area+roi_qp", "blur_heuristic", "area")
+SUMMARY_METHODS = ("model", "network", "area+roi_qp", "still_plate", "blur_heuristic", "area")
 
 
 def summary_table(results: dict) -> str:

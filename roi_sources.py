@@ -28,7 +28,7 @@ from errors import UserError, warn
 from video_io import IMAGE_EXTS, list_frame_files
 
 DEFAULT_SEG_MODEL = str(Path(__file__).resolve().parent / "models" / "yolov8n-seg.pt")  # in the clone, from anywhere
-DEFAULT_ROI_CLASSES = "person,bicycle,car,motorcycle,bus,truck,cat,dog"
+DEFAULT_ROI_CLASSES = "all"  # every object the segmenter knows; narrow it (person,car) for more savings
 YOLO_HELP = ("download yolov8n-seg.pt from the Ultralytics assets release into models/ "
              "(or pass --seg_model_path, .pt or exported .onnx), or use --roi_source motion")
 ROI_SOURCES = ("auto", "yolo", "motion", "masks")

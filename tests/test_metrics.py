@@ -207,3 +207,29 @@ def test_moving_masks_find_what_moves_despite_the_camera_exposure():
     for f, m in zip(found, truth):
         assert f[m].mean() > 0.95           # the object is found
         assert f[~m].mean() < 0.15          # the background is not (only the grown border)
+
+
+def test_still_plate_keeps_area_on_the_objects_and_the_temporal_median_elsewhere():
+    """The ceiling row of evaluate.py: the objects (grown by a few output pixels) come from area
+    downscaling of the current frame, every other pixel from the clip's temporal median."""
+    import evaluate
+    from video_io import temporal_median
+    rng = np.random.default_rng(2)
+    base = rng.integers(40, 200, (64, 96, 3)).astype(np.int16)
+    frames, masks = [], []
+    for t in range(9):
+        f = np.clip(base + rng.normal(0, 6, base.shape), 0, 255).astype(np.uint8)  # sensor noise
+        f[16:32, 8 * t:8 * t + 16] = 250
+        m = np.zeros(base.shape[:2], np.uint8)
+        m[16:32, 8 * t:8 * t + 16] = 1
+        frames.append(f)
+        masks.append(m)
+    out = evaluate.still_plate(frames, masks, 2)
+    area = metrics.resize_all(frames, 2)
+    plate = temporal_median(area)
+    for o, a, m in zip(out, area, masks):
+        core = metrics.block_max(m, 2) > 0
+        far = cv2.dilate(core.astype(np.uint8), np.ones((9, 9), np.uint8)) == 0
+        assert np.array_equal(o[core], a[core])
+        assert np.array_equal(o[far], plate[far])
+        assert not np.array_equal(o[far], a[far])  # the noise is gone there
