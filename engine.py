@@ -55,6 +55,12 @@ def apply_knobs(model: ROIDownsampler, knobs: ModelKnobs, closed_loop: bool) -> 
     much background to take, so the network simplifies it whatever its own gate says."""
     model.set_background_strength(knobs.background_strength)
     model.set_background_floor(knobs.background_quality)
+    return set_closed_loop(model, closed_loop)
+
+
+def set_closed_loop(model: ROIDownsampler, closed_loop: bool) -> ROIDownsampler:
+    """Under the closed loop the trials decide whether the simplified background pays; without
+    it, the analyser's gate does (calibrated to the loop's verdicts by calibrate_gate.py)."""
     model.follow_gate = not closed_loop
     return model
 

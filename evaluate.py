@@ -164,11 +164,11 @@ def model_points(frames, masks, s, model, crfs, fps, ref, roi, enc: rd_control.E
     """The model as inference writes video.mp4: network output, then per segment the closed loop's
     choice of background and background CRF at each CRF."""
     t = time.perf_counter()
-    model.follow_gate = not enc.rd_control  # with the loop on, x264 decides, not the gate (as in inference)
+    engine.set_closed_loop(model, enc.rd_control)  # as inference runs it
     try:
         images, softs = engine.downsample(model, frames, masks, with_masks=True)
     finally:
-        model.follow_gate = True
+        engine.set_closed_loop(model, False)  # the "network" method: the network alone, its gate deciding
     seconds = time.perf_counter() - t
     area = metrics.resize_all(frames, s)
     sources = {"area": area, "model": images}
@@ -269,7 +269,7 @@ def point_at(rd, crf):
 def markdown_table(name: str, res: dict) -> str:
     lines = [f"**{name}** ({res['frames']} frames, {res['size'][0]}x{res['size'][1]}, x{res['scale_factor']}, "
              f"scored ROI {100 * res['roi_fraction']:.1f}% of pixels; methods' masks: {res['roi_source']}"
-             + (f" (IoU {res['mask_iou_vs_gt']:.2f} with the annotation)" if "mask_iou_vs_gt" in res else "") + "; "
+             + (f" (IoU {res['mask_iou_vs_gt']:.2f} with the score's masks)" if "mask_iou_vs_gt" in res else "") + "; "
              f"score: {res['score_masks']})", "",
              "| method | BD-rate vs area (ROI-PSNR) | bytes @CRF23 | ROI-PSNR @23 | ROI-SSIM @23 | bg-PSNR @23 "
              "| bg-SSIM @23 | det F1 @23 | F1 at area's bytes@23 | bytes at area's F1@23 | bg flicker | fps |",
