@@ -1,6 +1,13 @@
-"""Pictures people would rather look at than read: debug side-by-sides and parameter plots."""
+"""Pictures people would rather look at than read: debug side-by-sides, parameter plots, and the
+object-leaves strip (does what left the view leave video.mp4 too?):
+
+    python debug_viz.py --input clip.mp4 --output_dir output/clip --frame 112 --to leaving.png
+"""
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -55,3 +62,59 @@ def plot_parameters(path: Path, params: list[dict]) -> None:
     ax.legend(fontsize=7, ncol=3)
     ax.grid(alpha=0.3)
     save_figure(fig, path)
+
+
+def _labelled(img: np.ndarray, text: str) -> np.ndarray:
+    out = img.copy()
+    cv2.putText(out, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(out, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    return out
+
+
+def leaving_strip(inputs: list, decoded: list, area: list, frame: int, fps: float, width: int = 320) -> np.ndarray:
+    """Columns: half a second before ``frame``, at it, half a second and a second after; rows: the
+    input, video.mp4 as decoded, and |video.mp4 - area downscaling| x 4 (a ghost is a bright
+    patch that outlives the object)."""
+    step = max(1, round(fps / 2))
+    times = [t for t in (frame - step, frame, frame + step, frame + 2 * step) if 0 <= t < len(decoded)]
+    columns = []
+    for t in times:
+        diff = np.clip(4 * np.abs(decoded[t].astype(np.int16) - area[t].astype(np.int16)), 0, 255).astype(np.uint8)
+        rows = [_labelled(_fit(inputs[t], width), f"input, t = {(t - frame) / fps:+.1f} s"),
+                _labelled(_fit(decoded[t], width, cv2.INTER_NEAREST), "video.mp4"),
+                _labelled(_fit(diff, width, cv2.INTER_NEAREST), "|video.mp4 - area| x4")]
+        columns.append(np.concatenate([np.concatenate([r, np.full((4, width, 3), 255, np.uint8)]) for r in rows]))
+    sep = np.full((columns[0].shape[0], 4, 3), 255, np.uint8)
+    return np.concatenate([c if i == 0 else np.concatenate([sep, c], 1) for i, c in enumerate(columns)], 1)
+
+
+def main(argv=None) -> int:
+    from errors import UserError, run_cli
+    from video_io import FrameReader, area_downscale, check_input_path, crop_to_multiple
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True, help="the clip inference.py read (video file or folder of frames)")
+    p.add_argument("--output_dir", required=True, help="inference.py's output folder (video.mp4, report.json)")
+    p.add_argument("--frame", type=int, required=True, help="the frame where an object leaves the view")
+    p.add_argument("--to", required=True, help="PNG to write")
+
+    def run(args) -> int:
+        out = Path(args.output_dir)
+        if not (out / "report.json").is_file() or not (out / "video.mp4").is_file():
+            raise UserError(f"--output_dir {out}: no video.mp4 + report.json; run inference.py into it first")
+        s = int(json.loads((out / "report.json").read_text())["scale_factor"])
+        reader = FrameReader(check_input_path(args.input))
+        inputs = [crop_to_multiple(f, s) for f in reader]
+        decoded = list(FrameReader(out / "video.mp4"))
+        if not 0 <= args.frame < min(len(inputs), len(decoded)):
+            raise UserError(f"--frame {args.frame}: the clip has {min(len(inputs), len(decoded))} frames")
+        area = [area_downscale(f, s) for f in inputs]
+        write_png(Path(args.to), leaving_strip(inputs, decoded, area, args.frame, reader.info.fps))
+        print(f"wrote {args.to}")
+        return 0
+
+    return run_cli(run, p.parse_args(argv), "nothing was written")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

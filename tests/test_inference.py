@@ -102,6 +102,22 @@ def test_debug_artefacts(tmp_path, frame_folder, ckpt):
     assert side.shape[1] > 3 * 32 and (out / "debug" / "parameters.png").stat().st_size > 1000
 
 
+def test_leaving_strip_shows_input_output_and_the_difference_at_four_times(tmp_path, frame_folder, ckpt, capsys):
+    import debug_viz
+    out, strip = tmp_path / "out", tmp_path / "leaving.png"
+    assert debug_viz.main(["--input", str(frame_folder), "--output_dir", str(out), "--frame", "2",
+                           "--to", str(strip)]) == 2  # no inference run there yet: one line, nothing written
+    assert "run inference.py into it first" in capsys.readouterr().err and not strip.exists()
+    run(["--input_dir", frame_folder, *common(ckpt, out, ["--masks_dir", tmp_path / "clip_masks"])])
+    assert debug_viz.main(["--input", str(frame_folder), "--output_dir", str(out), "--frame", "3",
+                           "--to", str(strip)]) == 0
+    image = read_image_rgb(strip)
+    fps = FrameReader(frame_folder).info.fps
+    step = max(1, round(fps / 2))
+    columns = len([t for t in (3 - step, 3, 3 + step, 3 + 2 * step) if 0 <= t < 6])
+    assert image.shape[1] == columns * 320 + 4 * (columns - 1) and image.shape[0] > 3 * 240
+
+
 def test_auto_falls_back_to_motion_with_one_line_warning(tmp_path, frame_folder, ckpt, capsys):
     out = tmp_path / "out"
     code, err = run(["--input_dir", frame_folder, "--output_dir", out, "--checkpoint_path", ckpt,
