@@ -71,16 +71,33 @@ def _labelled(img: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
-def leaving_strip(inputs: list, decoded: list, area: list, frame: int, fps: float, width: int = 320) -> np.ndarray:
-    """Columns: half a second before ``frame``, at it, half a second and a second after; rows: the
-    input, video.mp4 as decoded, and |video.mp4 - area downscaling| x 4 (a ghost is a bright
-    patch that outlives the object)."""
+def strip_times(frame: int, fps: float) -> list[int]:
+    """Half a second before ``frame``, at it, half a second and a second after."""
     step = max(1, round(fps / 2))
-    times = [t for t in (frame - step, frame, frame + step, frame + 2 * step) if 0 <= t < len(decoded)]
+    return [t for t in (frame - step, frame, frame + step, frame + 2 * step) if t >= 0]
+
+
+def frames_at(reader, times) -> tuple[dict, int]:
+    """The frames of ``reader`` at the given indices (the rest is read and dropped, so a long
+    clip is never held in memory), and how many frames it has."""
+    wanted, kept, n = set(times), {}, 0
+    for n, f in enumerate(reader, 1):
+        if n - 1 in wanted:
+            kept[n - 1] = f
+    return kept, n
+
+
+def leaving_strip(inputs: dict, decoded: dict, s: int, frame: int, fps: float, width: int = 320) -> np.ndarray:
+    """Columns: the strip_times both clips have (index -> frame); rows: the input, video.mp4 as
+    decoded, and |video.mp4 - area downscaling| x 4 (a ghost is a bright patch that outlives the
+    object)."""
+    from video_io import area_downscale, crop_to_multiple
     columns = []
-    for t in times:
-        diff = np.clip(4 * np.abs(decoded[t].astype(np.int16) - area[t].astype(np.int16)), 0, 255).astype(np.uint8)
-        rows = [_labelled(_fit(inputs[t], width), f"input, t = {(t - frame) / fps:+.1f} s"),
+    for t in sorted(set(inputs) & set(decoded)):
+        cropped = crop_to_multiple(inputs[t], s)  # as inference reads it
+        area = area_downscale(cropped, s)
+        diff = np.clip(4 * np.abs(decoded[t].astype(np.int16) - area.astype(np.int16)), 0, 255).astype(np.uint8)
+        rows = [_labelled(_fit(cropped, width), f"input, t = {(t - frame) / fps:+.1f} s"),
                 _labelled(_fit(decoded[t], width, cv2.INTER_NEAREST), "video.mp4"),
                 _labelled(_fit(diff, width, cv2.INTER_NEAREST), "|video.mp4 - area| x4")]
         columns.append(np.concatenate([np.concatenate([r, np.full((4, width, 3), 255, np.uint8)]) for r in rows]))
@@ -90,7 +107,7 @@ def leaving_strip(inputs: list, decoded: list, area: list, frame: int, fps: floa
 
 def main(argv=None) -> int:
     from errors import UserError, run_cli
-    from video_io import FrameReader, area_downscale, check_input_path, crop_to_multiple
+    from video_io import FrameReader
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--input", required=True, help="the clip inference.py read (video file or folder of frames)")
@@ -103,13 +120,13 @@ def main(argv=None) -> int:
         if not (out / "report.json").is_file() or not (out / "video.mp4").is_file():
             raise UserError(f"--output_dir {out}: no video.mp4 + report.json; run inference.py into it first")
         s = int(json.loads((out / "report.json").read_text())["scale_factor"])
-        reader = FrameReader(check_input_path(args.input))
-        inputs = [crop_to_multiple(f, s) for f in reader]
-        decoded = list(FrameReader(out / "video.mp4"))
-        if not 0 <= args.frame < min(len(inputs), len(decoded)):
-            raise UserError(f"--frame {args.frame}: the clip has {min(len(inputs), len(decoded))} frames")
-        area = [area_downscale(f, s) for f in inputs]
-        write_png(Path(args.to), leaving_strip(inputs, decoded, area, args.frame, reader.info.fps))
+        reader = FrameReader(args.input)
+        times = strip_times(args.frame, reader.info.fps)
+        inputs, n_in = frames_at(reader, times)
+        decoded, n_out = frames_at(FrameReader(out / "video.mp4"), times)
+        if not 0 <= args.frame < min(n_in, n_out):
+            raise UserError(f"--frame {args.frame}: the clip has {min(n_in, n_out)} frames")
+        write_png(Path(args.to), leaving_strip(inputs, decoded, s, args.frame, reader.info.fps))
         print(f"wrote {args.to}")
         return 0
 
