@@ -3,8 +3,9 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import VERSION as CHECKPOINT_VERSION, load_model, save as save_checkpoint
-from roi_downsampler import (PARAM_NAMES, DownsamplerConfig, ROIDownsampler, area_pool, box_blur, count_parameters,
-                             dilate, erode, max_pool)
+from engine import frames_to_tensor, tensor_to_frames
+from roi_downsampler import (PARAM_NAMES, DownsamplerConfig, ROIDownsampler, area_pool, area_pool_uint8, box_blur,
+                             count_parameters, dilate, erode, max_pool)
 from errors import UserError
 
 
@@ -117,6 +118,35 @@ def test_mask_core_fills_holes_but_never_grows_the_outline():
     assert (soft[8:12, 8:12] > 0.99).all()             # the hole is filled
     assert (soft[roi > 0] > 0.99).all()                # every ROI pixel is on the sharp path
     assert soft[roi == 0].sum() <= 16 + 1e-3           # nothing but the hole was added
+
+
+@pytest.mark.parametrize("s", [2, 4])
+def test_uint8_frames_give_what_float_frames_give(s):
+    """Inference hands the network uint8 frames (only the objects' blocks are converted): the area
+    downscale is the float one, and the output the same to the last level but for float rounding."""
+    import numpy as np
+    frames, masks = clip(b=1, t=3, h=32, w=48)
+    u8 = frames_to_tensor((frames.movedim(-3, -1) * 255).round().byte().numpy())
+    x = u8.float() / 255
+    assert u8.dtype == torch.uint8
+    assert torch.allclose(area_pool_uint8(u8[0], s), area_pool(x[0], s), atol=1e-6)
+    model = ROIDownsampler(DownsamplerConfig(scale_factor=s))
+    with torch.no_grad():
+        model.detail[2].weight.normal_(0, 0.1)  # a detail path that adds something
+        a, b = tensor_to_frames(model(u8, masks).frames), tensor_to_frames(model(x, masks).frames)
+    assert np.abs(a.astype(int) - b).max() <= 1 and (a != b).mean() < 0.01
+
+
+def test_tensor_to_frames_rounds_clamps_and_leaves_its_input_alone():
+    import numpy as np
+    x = torch.tensor([-0.2, 0.0, 0.5 / 255, 1.5 / 255, 0.3, 1.0, 1.7]).view(1, 1, 7).expand(3, 1, 7).clone()
+    before = x.clone()
+    got = tensor_to_frames(x)  # (1, 7, 3)
+    assert got.shape == (1, 7, 3) and got.dtype == np.uint8
+    assert got[0, :, 0].tolist() == [0, 0, 0, 2, 76, 255, 255]  # half to even (0.3 * 255 = 76.5 in float32)
+    assert torch.equal(x, before)
+    y = torch.rand(2, 3, 5, 6).movedim(1, -1).contiguous().movedim(-1, 1)  # channels-last strides
+    assert np.array_equal(tensor_to_frames(y), (y.clamp(0, 1) * 255).round().byte().movedim(1, -1).numpy())
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 37, 53), (2, 3, 40, 64)])
