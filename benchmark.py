@@ -38,7 +38,7 @@ def bench_network(threads: int = 2, repeats: int = 30):
     ckpt = default_path(2)
     model = load_model(ckpt)[0] if ckpt.exists() else ROIDownsampler(DownsamplerConfig(scale_factor=2)).eval()
     apply_knobs(model, ModelKnobs(), closed_loop=True)  # as inference runs it by default
-    frame = torch.rand(1, 3, 720, 1280)
+    frame = torch.randint(0, 256, (1, 3, 720, 1280), dtype=torch.uint8)  # as inference hands it over
     mask = torch.zeros(1, 1, 720, 1280)
     mask[..., 200:500, 300:700] = 1
     times, state = [], None
