@@ -252,7 +252,7 @@ def read_frames(reader: FrameReader, source, s: int, seconds: dict, bar, names: 
             return
         frame = crop_to_multiple(frame, s)
         with timed(seconds, "segment"):
-            mask = source.mask(frame, reader.last_name).astype(np.float32)
+            mask = np.asarray(source.mask(frame, reader.last_name), dtype=np.float32)  # no copy when float32
         names.append(reader.last_name)
         bar.update()
         yield frame, mask

@@ -183,6 +183,18 @@ def safe_ultralytics() -> None:
     tasks.SAFE_LOAD = ultralytics.utils.SAFE_LOAD = True
 
 
+def warn_unknown_classes(roi_classes: Optional[str]) -> None:
+    """Without the model its classes cannot be checked: a name that is no COCO class is said in one
+    line now (a typo would otherwise surface only once the weights are there)."""
+    if not roi_classes or roi_classes.strip().lower() == "all":
+        return
+    coco = {n.replace("~", " ") for n in COCO_NAMES}
+    unknown = [n.strip() for n in roi_classes.split(",") if n.strip().lower() not in coco]
+    if unknown:
+        warn(f"--roi_classes: {', '.join(unknown)} is no COCO class (a typo?); it is checked against the "
+             f"segmenter's own classes once its weights load")
+
+
 def class_ids(model, roi_classes: Optional[str]) -> Optional[list[int]]:
     """'person,car' -> COCO ids of the model; None keeps every class."""
     if not roi_classes or roi_classes.strip().lower() == "all":
@@ -469,6 +481,7 @@ def make_roi_source(opts: RoiOptions, frame_names=None, device=None, yolo_model=
         if kind == "yolo":
             raise
         warn(f"{e} -- falling back to --roi_source motion")
+        warn_unknown_classes(opts.roi_classes)
         return MotionSource(), "motion"
     seg = YoloSegmenter(model, opts.roi_classes, opts.conf, opts.seg_imgsz, device)
     source = KeyframeSource(seg, opts.keyframe_interval)

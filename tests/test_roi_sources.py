@@ -106,3 +106,13 @@ def test_a_detector_is_united_with_motion_unless_roi_motion_is_off():
     assert isinstance(source, KeyframeSource) and used == "yolo"
     with pytest.raises(UserError, match="--roi_motion"):
         check_roi_options(RoiOptions(roi_motion="maybe"))
+
+
+def test_a_class_typo_is_said_even_when_the_weights_are_missing(tmp_path, capsys):
+    missing = str(tmp_path / "missing-seg.pt")
+    for classes, said in [("persn, car", True), ("person,traffic light", False), ("all", False)]:
+        _, used = make_roi_source(RoiOptions(roi_source="auto", seg_model_path=missing, roi_classes=classes))
+        warnings = [l for l in capsys.readouterr().err.splitlines() if l.startswith("WARNING")]
+        assert used == "motion" and any("missing-seg.pt" in w for w in warnings)
+        typo = [w for w in warnings if "--roi_classes" in w]
+        assert bool(typo) == said and (not said or "--roi_classes: persn is no COCO class" in typo[0])
