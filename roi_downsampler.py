@@ -133,7 +133,9 @@ def area_pool_uint8(x: torch.Tensor, s: int) -> torch.Tensor:
     sums = [cv2.resize(np.ascontiguousarray(f).astype(np.uint16) * (s * s), (w, h), interpolation=cv2.INTER_AREA)
             for f in hwc.reshape(-1, *hwc.shape[-3:])]
     out = torch.from_numpy(np.stack(sums).reshape(*hwc.shape[:-3], h, w, hwc.shape[-1]))
-    return out.movedim(-1, -3).float().div_(255 * s * s)
+    # contiguous (C, h, w): everything downstream works on this; in the (h, w, C) strides that
+    # movedim leaves, the network took ~35 % longer (the same result)
+    return out.movedim(-1, -3).float().div_(255 * s * s).contiguous()
 
 
 def as_float(x: torch.Tensor) -> torch.Tensor:
