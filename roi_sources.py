@@ -380,13 +380,18 @@ class StillCameraUnion:
     WINDOW = 25  # frames the moving share is averaged over
 
     def __init__(self, detector, motion: Optional[MotionSource] = None):
+        from concurrent.futures import ThreadPoolExecutor
         self.detector, self.motion = detector, motion or MotionSource()
         self.segmenter = getattr(detector, "segmenter", None)  # what report.json describes
         self.moving_share, self.seen = 0.0, 0
+        # motion runs beside the detector (both release the GIL): one frame's ROI in the time of the
+        # slower; the thread ends when this object is collected
+        self.beside = ThreadPoolExecutor(1, thread_name_prefix="motion")
 
     def mask(self, frame: np.ndarray, name: Optional[str] = None) -> np.ndarray:
+        moving_soon = self.beside.submit(self.motion.mask, frame)
         found = self.detector.mask(frame, name)
-        moving = self.motion.mask(frame)
+        moving = moving_soon.result()
         self.seen += 1
         self.moving_share += (float(moving.mean()) - self.moving_share) / min(self.seen, self.WINDOW)
         if self.motion.drift <= self.STILL_DRIFT and self.moving_share <= self.MAX_MOVING_SHARE:

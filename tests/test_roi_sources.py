@@ -77,6 +77,25 @@ def test_on_a_still_camera_what_moves_is_roi_even_when_the_detector_misses_it():
     assert (last & truth).sum() > 0.5 * truth.sum() and last.mean() < 0.05
 
 
+def test_motion_beside_the_detector_gives_what_one_after_the_other_gives_and_leaves_no_thread():
+    import gc
+    import threading
+    import time
+    from roi_sources import MotionSource
+    frames, _ = moving_square_frames(n=12, h=192, w=256)  # a still view, little of it moving: the union holds
+    before = threading.active_count()
+    src = StillCameraUnion(Blind())
+    alone = MotionSource()
+    for f in frames:
+        assert np.array_equal(src.mask(f), alone.mask(f))
+    del src
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == before
+
+
 def test_when_much_of_a_still_view_moves_the_detector_masks_stand_alone():
     """Water, smoke, a crowd: motion over a large share of the view is the scene, not a missed object."""
     frames, _ = moving_square_frames(n=40, h=192, w=256)
