@@ -125,7 +125,7 @@ def area_pool(x: torch.Tensor, s: int) -> torch.Tensor:
 def area_pool_uint8(x: torch.Tensor, s: int) -> torch.Tensor:
     """area_pool of uint8 images (..., C, H, W) with H, W multiples of s, scaled to [0, 1]. On the
     CPU by OpenCV: INTER_AREA over the values times s*s gives the exact s x s block sums, so the
-    full-resolution frame is never converted to float (~4x faster than that conversion alone)."""
+    full-resolution frame is never converted to float (~4x faster than converting and pooling)."""
     if x.device.type != "cpu":
         return area_pool(x.float().div_(255), s)
     h, w = x.shape[-2] // s, x.shape[-1] // s
