@@ -191,8 +191,8 @@ def warn_unknown_classes(roi_classes: Optional[str]) -> None:
     coco = {n.replace("~", " ") for n in COCO_NAMES}
     unknown = [n.strip() for n in roi_classes.split(",") if n.strip().lower() not in coco]
     if unknown:
-        warn(f"--roi_classes: {', '.join(unknown)} is no COCO class (a typo?); it is checked against the "
-             f"segmenter's own classes once its weights load")
+        warn(f"--roi_classes: {', '.join(unknown)} {'is no COCO class' if len(unknown) == 1 else 'are no COCO classes'} "
+             f"(a typo?); checked against the segmenter's own classes once its weights load")
 
 
 def class_ids(model, roi_classes: Optional[str]) -> Optional[list[int]]:

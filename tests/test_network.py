@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -124,7 +125,6 @@ def test_mask_core_fills_holes_but_never_grows_the_outline():
 def test_uint8_frames_give_what_float_frames_give(s):
     """Inference hands the network uint8 frames (only the objects' blocks are converted): the area
     downscale is the float one, and the output the same to the last level but for float rounding."""
-    import numpy as np
     frames, masks = clip(b=1, t=3, h=32, w=48)
     u8 = frames_to_tensor((frames.movedim(-3, -1) * 255).round().byte().numpy())
     x = u8.float() / 255
@@ -138,7 +138,6 @@ def test_uint8_frames_give_what_float_frames_give(s):
 
 
 def test_tensor_to_frames_rounds_clamps_and_leaves_its_input_alone():
-    import numpy as np
     x = torch.tensor([-0.2, 0.0, 0.5 / 255, 1.5 / 255, 0.3, 1.0, 1.7]).view(1, 1, 7).expand(3, 1, 7).clone()
     before = x.clone()
     got = tensor_to_frames(x)  # (1, 7, 3)

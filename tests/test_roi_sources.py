@@ -1,8 +1,11 @@
+import gc
+import threading
+
 import cv2
 import numpy as np
 import pytest
 
-from roi_sources import (KeyframeSource, MaskFolderSource, RoiOptions, StillCameraUnion, YoloSegmenter,
+from roi_sources import (KeyframeSource, MaskFolderSource, MotionSource, RoiOptions, StillCameraUnion, YoloSegmenter,
                          check_roi_options, class_ids, load_yolo, make_roi_source)
 from video_io import write_png
 from errors import UserError
@@ -78,22 +81,18 @@ def test_on_a_still_camera_what_moves_is_roi_even_when_the_detector_misses_it():
 
 
 def test_motion_beside_the_detector_gives_what_one_after_the_other_gives_and_leaves_no_thread():
-    import gc
-    import threading
-    import time
-    from roi_sources import MotionSource
     frames, _ = moving_square_frames(n=12, h=192, w=256)  # a still view, little of it moving: the union holds
-    before = threading.active_count()
+    before = set(threading.enumerate())
     src = StillCameraUnion(Blind())
     alone = MotionSource()
     for f in frames:
         assert np.array_equal(src.mask(f), alone.mask(f))
+    mine = [t for t in threading.enumerate() if t not in before and t.name.startswith("motion")]
+    assert len(mine) == 1
     del src
     gc.collect()
-    deadline = time.monotonic() + 5
-    while threading.active_count() > before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert threading.active_count() == before
+    mine[0].join(timeout=5)
+    assert not mine[0].is_alive()
 
 
 def test_when_much_of_a_still_view_moves_the_detector_masks_stand_alone():
