@@ -90,7 +90,7 @@ def coarse_background(base: torch.Tensor, coarseness: torch.Tensor, weight: torc
     whole cell is object, the plain average is used.
     """
     eps = 1e-3
-    pyramid = [area_pool(torch.cat([base * weight, weight, base], 1), 4)]
+    pyramid = [torch.cat([area_pool(base * weight, 4), area_pool(weight, 4), area_pool(base, 4)], 1)]
     for _ in range(2):
         pyramid.append(area_pool(pyramid[-1], 2))
     size = pyramid[0].shape[-2:]
@@ -168,7 +168,12 @@ def _running_max(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
 
 
 def dilate(x: torch.Tensor, k: int) -> torch.Tensor:
-    """k x k max filter (= max_pool2d(x, k, stride=1, padding=k//2)), separable: ~10x faster on CPU."""
+    """k x k max filter (= max_pool2d(x, k, stride=1, padding=k//2)): OpenCV's for CPU float maps that
+    need no gradient (inference), else separable running maxima (~10x faster than max_pool2d)."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad:
+        maps = x.reshape(-1, *x.shape[-2:]).contiguous().numpy()
+        kernel = np.ones((k, k), np.uint8)  # OpenCV's default border leaves the outside out, as -inf padding does
+        return torch.from_numpy(np.stack([cv2.dilate(m, kernel) for m in maps])).view(x.shape)
     return _running_max(_running_max(x, k, -1), k, -2)
 
 

@@ -154,7 +154,8 @@ def test_fast_pooling_ops_equal_torch_reference(shape):
     including partial blocks at odd sizes and the borders of the max and box filters."""
     x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
     for k in (3, 5):
-        assert torch.equal(dilate(x, k), F.max_pool2d(x, k, stride=1, padding=k // 2))
+        assert torch.equal(dilate(x, k), F.max_pool2d(x, k, stride=1, padding=k // 2))  # OpenCV's (inference)
+        assert torch.equal(dilate(x.clone().requires_grad_(), k).detach(), dilate(x, k))  # training's
         r = k // 2
         assert torch.equal(erode(x, k), 1 - F.max_pool2d(F.pad(1 - x, (r, r, r, r), value=1.0), k, stride=1))
         ref = F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)
