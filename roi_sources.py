@@ -60,7 +60,8 @@ def add_roi_args(p: argparse.ArgumentParser, default_source: str = "auto", only:
         "roi_classes": dict(default=d.roi_classes, help="comma-separated COCO classes, or 'all'"),
         "conf": dict(type=float, default=d.conf, help="YOLO confidence threshold"),
         "seg_imgsz": dict(type=int, default=None, help="YOLO input size (default: an exported .onnx's fixed size; "
-                          "640 for a .pt, Ultralytics' own; 320 is ~3x faster and finds less)"),
+                          "640 for a .pt, Ultralytics' own; 480 gives about the same masks in 2/3 of the time "
+                          "(mean IoU with human masks on 7 DAVIS clips 0.496 vs 0.498), 320 in 2/5 but finds less: 0.40)"),
         "keyframe_interval": dict(type=int, default=d.keyframe_interval,
                                   help="run YOLO every N frames, flow-warp masks between"),
         "masks_dir": dict(default=None, help="0/255 PNG masks named like the frames (--roi_source masks)"),
