@@ -107,14 +107,14 @@ def onnx_signature(path: Path) -> tuple[Optional[int], int]:
     return size, len(session.get_outputs())
 
 
-COCO_NAMES = (
+COCO_NAMES = tuple(n.replace("_", " ") for n in (  # "traffic light", as Ultralytics names them
     "person bicycle car motorcycle airplane bus train truck boat traffic_light fire_hydrant stop_sign "
     "parking_meter bench bird cat dog horse sheep cow elephant bear zebra giraffe backpack umbrella handbag "
     "tie suitcase frisbee skis snowboard sports_ball kite baseball_bat baseball_glove skateboard surfboard "
     "tennis_racket bottle wine_glass cup fork knife spoon bowl banana apple sandwich orange broccoli carrot "
     "hot_dog pizza donut cake chair couch potted_plant bed dining_table toilet tv laptop mouse remote "
     "keyboard cell_phone microwave oven toaster sink refrigerator book clock vase scissors teddy_bear "
-    "hair_drier toothbrush").replace("_", "~").split()
+    "hair_drier toothbrush").split())
 
 
 class YoloUnavailable(UserError):
@@ -184,13 +184,17 @@ def safe_ultralytics() -> None:
     tasks.SAFE_LOAD = ultralytics.utils.SAFE_LOAD = True
 
 
+def requested_classes(roi_classes: Optional[str]) -> Optional[list[str]]:
+    """The class names --roi_classes asks for, as typed (trimmed); None for every class."""
+    if not roi_classes or roi_classes.strip().lower() == "all":
+        return None
+    return [n.strip() for n in roi_classes.split(",")]
+
+
 def warn_unknown_classes(roi_classes: Optional[str]) -> None:
     """Without the model its classes cannot be checked: a name that is no COCO class is said in one
     line now (a typo would otherwise surface only once the weights are there)."""
-    if not roi_classes or roi_classes.strip().lower() == "all":
-        return
-    coco = {n.replace("~", " ") for n in COCO_NAMES}
-    unknown = [n.strip() for n in roi_classes.split(",") if n.strip().lower() not in coco]
+    unknown = [n for n in requested_classes(roi_classes) or [] if n.lower() not in COCO_NAMES]
     if unknown:
         warn(f"--roi_classes: {', '.join(unknown)} {'is no COCO class' if len(unknown) == 1 else 'are no COCO classes'} "
              f"(a typo?); checked against the segmenter's own classes once its weights load")
@@ -198,15 +202,16 @@ def warn_unknown_classes(roi_classes: Optional[str]) -> None:
 
 def class_ids(model, roi_classes: Optional[str]) -> Optional[list[int]]:
     """'person,car' -> COCO ids of the model; None keeps every class."""
-    if not roi_classes or roi_classes.strip().lower() == "all":
+    wanted = requested_classes(roi_classes)
+    if wanted is None:
         return None
     names = dict(model.names)
     if all(str(n).isdigit() for n in names.values()) and len(names) == len(COCO_NAMES):
-        names = {i: n.replace("~", " ") for i, n in enumerate(COCO_NAMES)}  # built from .yaml: no names
+        names = dict(enumerate(COCO_NAMES))  # built from .yaml: no names
     by_name = {str(n).lower(): i for i, n in names.items()}
     ids = []
-    for name in roi_classes.split(","):
-        name = name.strip().lower()
+    for name in wanted:
+        name = name.lower()
         if name not in by_name:
             raise UserError(f"--roi_classes: unknown class '{name}'; choose from {', '.join(sorted(by_name))}")
         ids.append(by_name[name])
