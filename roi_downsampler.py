@@ -76,7 +76,24 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
+def _by_opencv(x: torch.Tensor) -> bool:
+    """Whether OpenCV may stand in for a torch op on x: a CPU float32 tensor that needs no gradient
+    (inference). OpenCV's resize and dilation are 2-6x faster than the torch ops here, equal within
+    float rounding (< 1e-5)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad
+
+
+def _per_plane(x: torch.Tensor, fn) -> torch.Tensor:
+    """fn applied to every (H, W) plane of a CPU float32 tensor (..., H, W)."""
+    planes = x.reshape(-1, *x.shape[-2:]).contiguous().numpy()
+    out = np.stack([fn(p) for p in planes])
+    return torch.from_numpy(out).view(*x.shape[:-2], *out.shape[-2:])
+
+
 def upsample(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize with half-pixel centres (align_corners=False; OpenCV's INTER_LINEAR is the same)."""
+    if _by_opencv(x):
+        return _per_plane(x, lambda p: cv2.resize(p, (size[1], size[0]), interpolation=cv2.INTER_LINEAR))
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
@@ -113,6 +130,8 @@ def area_pool(x: torch.Tensor, s: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     if h % s or w % s:
         return F.avg_pool2d(x, s, ceil_mode=True)
+    if _by_opencv(x):  # INTER_AREA at an integer factor is exactly the block mean
+        return _per_plane(x, lambda p: cv2.resize(p, (w // s, h // s), interpolation=cv2.INTER_AREA))
     if s % 2 == 0 and s > 2:  # 4 = 2 x 2: 6 additions instead of 15
         return area_pool(area_pool(x, 2), s // 2)
     cells = _cells(x, s)
@@ -170,10 +189,9 @@ def _running_max(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
 def dilate(x: torch.Tensor, k: int) -> torch.Tensor:
     """k x k max filter (= max_pool2d(x, k, stride=1, padding=k//2)): OpenCV's for CPU float maps that
     need no gradient (inference), else separable running maxima (~10x faster than max_pool2d)."""
-    if x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad:
-        maps = x.reshape(-1, *x.shape[-2:]).contiguous().numpy()
+    if _by_opencv(x):
         kernel = np.ones((k, k), np.uint8)  # OpenCV's default border leaves the outside out, as -inf padding does
-        return torch.from_numpy(np.stack([cv2.dilate(m, kernel) for m in maps])).view(x.shape)
+        return _per_plane(x, lambda p: cv2.dilate(p, kernel))
     return _running_max(_running_max(x, k, -1), k, -2)
 
 

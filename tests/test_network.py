@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from checkpoint import VERSION as CHECKPOINT_VERSION, load_model, save as save_checkpoint
 from engine import frames_to_tensor, tensor_to_frames
 from roi_downsampler import (PARAM_NAMES, DownsamplerConfig, ROIDownsampler, area_pool, area_pool_uint8, box_blur,
-                             count_parameters, dilate, erode, max_pool)
+                             count_parameters, dilate, erode, max_pool, upsample)
 from errors import UserError
 
 
@@ -162,7 +162,11 @@ def test_fast_pooling_ops_equal_torch_reference(shape):
         assert torch.allclose(box_blur(x, k), ref, atol=1e-6)
     for s in (2, 4):
         assert torch.equal(max_pool(x, s), F.max_pool2d(x, s, ceil_mode=True))
-        assert torch.allclose(area_pool(x, s), F.avg_pool2d(x, s, ceil_mode=True), atol=1e-6)
+        assert torch.allclose(area_pool(x, s), F.avg_pool2d(x, s, ceil_mode=True), atol=1e-6)  # OpenCV's if it can
+        assert torch.allclose(area_pool(x.clone().requires_grad_(), s), area_pool(x, s), atol=1e-6)  # training's
+    for size in ((2 * shape[2], 2 * shape[3]), (shape[2] + 7, shape[3] + 3), (shape[2] * 4 - 1, shape[3] * 3)):
+        ref = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        assert upsample(x, size).shape == ref.shape and torch.allclose(upsample(x, size), ref, atol=1e-5)
 
 
 def test_primed_gate_decides_the_first_frame_from_the_first_frames():
