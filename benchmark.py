@@ -5,6 +5,9 @@
                                        # k=1 and k=5; the int8 ONNX segmenter at k=5 -- then the whole-process
                                        # wall time of inference.py on 300 frames beside area + x264
     python benchmark.py memory         # peak RSS of inference on a short and a 10x longer input
+    python benchmark.py roi            # the ROI's defaults, on DAVIS (../shared) against its human masks: YOLO
+                                       # input size (mask IoU, ms a frame); the flow that carries masks between
+                                       # keyframes (IoU on the frames between, ms a frame)
     python benchmark.py all
 
 The float segmenter is models/yolov8n-seg.pt, else ../shared/models/yolov8n-seg-dq.pt (the same
@@ -173,9 +176,94 @@ def bench_memory(threads: int = 2):
             print(f"inference peak RSS, {n} frames 1280x720 (motion ROI): {int(peak[0].split()[1]) / 1024:.0f} MB")
 
 
+def _davis_clips():
+    """(name, RGB frames, human masks as bool) of every DAVIS-2016 clip in ../shared."""
+    import paths
+    from video_io import list_frame_files, read_image_rgb
+    for seq in sorted((paths.DAVIS / "JPEGImages" / "480p").iterdir()):
+        files = list_frame_files(seq)
+        truth = [cv2.imread(str(paths.DAVIS / "Annotations" / "480p" / seq.name / (f.stem + ".png")), 0) > 0
+                 for f in files]
+        yield seq.name, [read_image_rgb(f) for f in files], truth
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 1.0
+
+
+def bench_roi_detector(sizes=(320, 480, 640), every: int = 6):
+    """Mask IoU of the float segmenter's union mask with the human masks, and its time a frame (1 thread)."""
+    from roi_sources import YoloSegmenter, load_yolo
+    seg_path = float_segmenter()
+    if seg_path.endswith(".yaml"):
+        print("roi: no YOLO .pt weights (models/ or ../shared): the input-size comparison is skipped")
+        return
+    model = load_yolo(seg_path)
+    segs = {n: YoloSegmenter(model, imgsz=n) for n in sizes}
+    ious, ms = {n: [] for n in sizes}, {n: [] for n in sizes}
+    segs[sizes[0]].segment(np.zeros((480, 854, 3), np.uint8))  # Ultralytics' first-call set-up
+    torch.set_num_threads(1)
+    for _, frames, truth in _davis_clips():
+        for n, seg in segs.items():
+            per_clip = []
+            for frame, t in list(zip(frames, truth))[::every]:
+                start = time.perf_counter()
+                mask = seg.segment(frame) > 0
+                ms[n].append(1000 * (time.perf_counter() - start))
+                per_clip.append(_iou(mask, t))
+            ious[n].append(np.mean(per_clip))
+    for n in sizes:
+        print(f"roi: {Path(seg_path).name} at input {n}: mean IoU with the human masks {np.mean(ious[n]):.3f} "
+              f"({len(ious[n])} DAVIS clips, every {every}th frame, 854x480), {statistics.median(ms[n]):.0f} ms a frame "
+              f"(1 thread)")
+
+
+def bench_roi_flow(interval: int = 5, width: int = 256):
+    """How well each flow carries a mask between keyframes: the human mask at every keyframe, carried
+    to the frames between and compared with theirs (the detector's own errors left out)."""
+    from roi_sources import FLOW_PARAMS, _small_gray, farneback_flow, warp_by_flow
+    cv2.setNumThreads(1)
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    flows = {"none (keyframe mask held)": None,
+             f"Farneback {FLOW_PARAMS} (default)": farneback_flow,
+             "Farneback (0.5, 3, 15, 3, 5, 1.2) (OpenCV's sample)": lambda g, p: farneback_flow(g, p, (0.5, 3, 15, 3, 5, 1.2)),
+             "DIS, medium preset": lambda g, p: dis.calc(g, p, None)}
+    ious, ms = {k: [] for k in flows}, {k: [] for k in flows}
+    for _, frames, truth in _davis_clips():
+        grays = [_small_gray(f, width) for f in frames]
+        for name, flow in flows.items():
+            per_clip = []
+            for i, (g, t) in enumerate(zip(grays, truth)):
+                if i % interval == 0:
+                    small = cv2.resize(t.astype(np.float32), g.shape[::-1], interpolation=cv2.INTER_AREA)
+                    continue
+                if flow is not None:
+                    start = time.perf_counter()
+                    f = flow(g, grays[i - 1])
+                    ms[name].append(1000 * (time.perf_counter() - start))
+                    small = warp_by_flow(small, f)
+                full = cv2.resize(small, t.shape[::-1], interpolation=cv2.INTER_LINEAR) > 0.5
+                per_clip.append(_iou(full, t))
+            ious[name].append(np.mean(per_clip))
+    for name in flows:
+        cost = f", {statistics.median(ms[name]):.1f} ms a frame" if ms[name] else ""
+        print(f"roi: masks carried by flow {name}: mean IoU {np.mean(ious[name]):.3f} on the frames between "
+              f"keyframes {interval} apart ({len(ious[name])} DAVIS clips, flow at width {width}{cost})")
+
+
+def bench_roi():
+    import paths
+    if not paths.DAVIS.is_dir():
+        print(f"roi: {paths.DAVIS} not found: needs the DAVIS clips beside the repo (../shared)")
+        return
+    bench_roi_detector()
+    bench_roi_flow()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", default="all", choices=["network", "pipeline", "memory", "all"])
+    p.add_argument("what", nargs="?", default="all", choices=["network", "pipeline", "memory", "roi", "all"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--frames", type=int, default=100, help="pipeline: frames of the 720p clip")
     p.add_argument("--whole_frames", type=int, default=300, help="pipeline: frames of the whole-process comparison")
@@ -191,6 +279,8 @@ def main():
         bench_whole_process(a.threads, a.whole_frames)
     if a.what in ("memory", "all"):
         bench_memory(a.threads)
+    if a.what in ("roi", "all"):
+        bench_roi()
 
 
 if __name__ == "__main__":
