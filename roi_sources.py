@@ -227,6 +227,23 @@ def input_size(model, requested: Optional[int]) -> int:
     return fixed or requested or 640
 
 
+@functools.lru_cache(maxsize=None)
+def _without_warmup(predictor: type) -> type:
+    class Predictor(predictor):
+        def setup_model(self, *args, **kwargs):
+            super().setup_model(*args, **kwargs)
+            self.done_warmup = True
+    return Predictor
+
+
+def quick_predictor(model) -> type:
+    """The model's own Ultralytics predictor, without its warm-up. On the CPU the warm-up runs no
+    model; it only imports torchvision (2-3 s of every run's start-up, most of it torch._dynamo) so
+    that NMS uses torchvision's kernel. Without it Ultralytics uses its own NMS, which gives the
+    same masks and boxes (tested on real frames)."""
+    return _without_warmup(model.task_map[model.task]["predictor"])
+
+
 class YoloSegmenter:
     """Union of the instance masks of the chosen classes, via the polygons Ultralytics returns
     in original-image coordinates (cheaper than full-resolution 'retina' masks)."""
@@ -236,6 +253,7 @@ class YoloSegmenter:
         self.model, self.conf, self.device = model, conf, device
         self.imgsz = input_size(model, imgsz)
         self.classes = class_ids(model, roi_classes)
+        self.predictor = quick_predictor(model)
 
     def segment(self, frame: np.ndarray) -> np.ndarray:
         import torch
@@ -245,7 +263,7 @@ class YoloSegmenter:
         LOGGER.setLevel("WARNING")  # its "Loading ... for ONNX Runtime" lines at the first call
         try:
             result = self.model.predict(frame[..., ::-1], imgsz=self.imgsz, conf=self.conf, classes=self.classes,
-                                        device=self.device, verbose=False)[0]
+                                        device=self.device, verbose=False, predictor=self.predictor)[0]
         finally:
             LOGGER.setLevel(level)
             torch.set_num_threads(threads)  # its first predict sets min(8, cores - 1): 1 thread on 2 cores

@@ -4,6 +4,8 @@ ONNX export (the weak-detector case). A user's clone has no ../shared: these tes
 import functools
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +56,29 @@ def test_segmenters_find_the_annotated_object_at_their_default_size(model, size,
     assert (mask & truth).sum() > share * truth.sum()  # on the object, not beside it
     nothing = YoloSegmenter(loaded(model), "toothbrush").segment(frame)  # a class that is not there
     assert nothing.max() == 0
+
+
+def test_segmenter_skips_the_torchvision_import_and_finds_the_same_masks():
+    """Without Ultralytics' warm-up torchvision is never imported (2-3 s of start-up); its NMS is then
+    Ultralytics' own, which must find exactly what torchvision's finds. A fresh process, because
+    whether torchvision is imported decides which NMS runs."""
+    code = f"""
+import sys
+import numpy as np
+from roi_sources import YoloSegmenter, load_yolo
+from tests.test_real_models import davis_frame
+frames = [davis_frame(seq, i)[0] for seq in ("breakdance", "drift-straight", "libby") for i in (0, 20)]
+seg = YoloSegmenter(load_yolo({str(PT)!r}), "all")
+before = [seg.segment(f) for f in frames]
+assert "torchvision" not in sys.modules
+import torchvision
+after = [seg.segment(f) for f in frames]
+assert all(np.array_equal(a, b) for a, b in zip(before, after))
+assert sum(a.sum() for a in before) > 0
+print("ok")
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert res.stdout.strip().endswith("ok"), res.stderr[-2000:]
 
 
 def test_conflicting_imgsz_is_a_warning_not_a_crash(yolo, capsys):
