@@ -163,16 +163,19 @@ def as_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def max_pool(x: torch.Tensor, s: int) -> torch.Tensor:
-    """Max over s x s blocks (= max_pool2d(x, s, ceil_mode=True)) as a max of strided views:
-    several times faster than max_pool2d on CPU, which also computes indices."""
+    """Max over s x s blocks (= max_pool2d(x, s, ceil_mode=True)) as a max of strided views, rows
+    first (whole rows: contiguous, vectorised; then half the data for the columns): several times
+    faster than max_pool2d on CPU, which also computes indices."""
     h, w = x.shape[-2:]
     ph, pw = -h % s, -w % s
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph), value=float("-inf"))
-    cells = _cells(x, s)
-    out = torch.maximum(cells[0], cells[1])
-    for c in cells[2:]:
-        out = torch.maximum(out, c)
+    rows = x[..., 0::s, :]
+    for i in range(1, s):
+        rows = torch.maximum(rows, x[..., i::s, :])
+    out = rows[..., 0::s]
+    for j in range(1, s):
+        out = torch.maximum(out, rows[..., j::s])
     return out
 
 
@@ -418,8 +421,7 @@ class ROIDownsampler(nn.Module):
         if not self.background_floor:
             return background
         sq = weight * (background - base).square().mean(1, keepdim=True)
-        err = (F.avg_pool2d(sq, block, ceil_mode=True)
-               / F.avg_pool2d(weight, block, ceil_mode=True).clamp_min(1e-6))
+        err = area_pool(sq, block) / area_pool(weight, block).clamp_min(1e-6)
         limit = 10 ** (-self.background_floor / 10)
         alpha = (limit / err.clamp_min(1e-12)).sqrt().clamp(max=1.0)
         if not torch.is_grad_enabled() and bool((alpha == 1.0).all()):  # no block is below the floor
