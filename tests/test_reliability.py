@@ -394,8 +394,10 @@ def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path, script):
     import time
     from pathlib import Path
     repo = Path(__file__).resolve().parents[1]
+    # as in a terminal: a runner started in the background (nohup, &) passes SIGINT on ignored
     proc = subprocess.Popen([sys.executable, str(repo / script), "--help"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(repo)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(0.4)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
