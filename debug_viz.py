@@ -34,8 +34,17 @@ def write_side_by_side(path: Path, frame: np.ndarray, roi_mask: np.ndarray, soft
               _fit(cv2.cvtColor(soft_mask, cv2.COLOR_GRAY2RGB), width, cv2.INTER_NEAREST),
               _fit(output, width, cv2.INTER_NEAREST)]
     h = min(p.shape[0] for p in panels)
-    sep = np.full((h, 4, 3), 255, np.uint8)
-    write_png(path, np.concatenate([panels[0][:h], sep, panels[1][:h], sep, panels[2][:h]], 1))
+    write_png(path, join([p[:h] for p in panels], axis=1))
+
+
+def join(panels: list, axis: int, trailing_gap: bool = False) -> np.ndarray:
+    """RGB panels of one size side by side (axis 1) or stacked (axis 0) with 4-pixel white gaps
+    between them (and after the last with trailing_gap)."""
+    shape = list(panels[0].shape)
+    shape[axis] = 4
+    gap = np.full(shape, 255, np.uint8)
+    parts = [x for p in panels for x in (gap, p)][1:] + ([gap] if trailing_gap else [])
+    return np.concatenate(parts, axis)
 
 
 def save_figure(fig, path: Path) -> None:
@@ -100,9 +109,8 @@ def leaving_strip(inputs: dict, decoded: dict, s: int, frame: int, fps: float, w
         rows = [_labelled(_fit(cropped, width), f"input, t = {(t - frame) / fps:+.1f} s"),
                 _labelled(_fit(decoded[t], width, cv2.INTER_NEAREST), "video.mp4"),
                 _labelled(_fit(diff, width, cv2.INTER_NEAREST), "|video.mp4 - area| x4")]
-        columns.append(np.concatenate([np.concatenate([r, np.full((4, width, 3), 255, np.uint8)]) for r in rows]))
-    sep = np.full((columns[0].shape[0], 4, 3), 255, np.uint8)
-    return np.concatenate([c if i == 0 else np.concatenate([sep, c], 1) for i, c in enumerate(columns)], 1)
+        columns.append(join(rows, axis=0, trailing_gap=True))
+    return join(columns, axis=1)
 
 
 def main(argv=None) -> int:
