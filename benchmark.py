@@ -177,23 +177,21 @@ def bench_memory(threads: int = 2):
 
 
 def _davis_clips():
-    """(name, RGB frames, human masks as bool) of every DAVIS-2016 clip in ../shared."""
+    """(RGB frames, human masks as bool) of every DAVIS-2016 clip in ../shared, read as inference and
+    evaluate read them."""
     import paths
-    from video_io import list_frame_files, read_image_rgb
+    from roi_sources import MaskFolderSource
+    from video_io import FrameReader
     for seq in sorted((paths.DAVIS / "JPEGImages" / "480p").iterdir()):
-        files = list_frame_files(seq)
-        truth = [cv2.imread(str(paths.DAVIS / "Annotations" / "480p" / seq.name / (f.stem + ".png")), 0) > 0
-                 for f in files]
-        yield seq.name, [read_image_rgb(f) for f in files], truth
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = (a | b).sum()
-    return float((a & b).sum() / union) if union else 1.0
+        reader = FrameReader(seq)
+        truth = MaskFolderSource(paths.DAVIS / "Annotations" / "480p" / seq.name, [f.name for f in reader.files])
+        frames = list(reader)
+        yield frames, [truth.mask(f, path.name) > 0 for f, path in zip(frames, reader.files)]
 
 
 def bench_roi_detector(sizes=(320, 480, 640), every: int = 6):
     """Mask IoU of the float segmenter's union mask with the human masks, and its time a frame (1 thread)."""
+    from metrics import mask_iou
     from roi_sources import YoloSegmenter, load_yolo
     seg_path = float_segmenter()
     if seg_path.endswith(".yaml"):
@@ -204,14 +202,14 @@ def bench_roi_detector(sizes=(320, 480, 640), every: int = 6):
     ious, ms = {n: [] for n in sizes}, {n: [] for n in sizes}
     segs[sizes[0]].segment(np.zeros((480, 854, 3), np.uint8))  # Ultralytics' first-call set-up
     torch.set_num_threads(1)
-    for _, frames, truth in _davis_clips():
+    for frames, truth in _davis_clips():
         for n, seg in segs.items():
             per_clip = []
             for frame, t in list(zip(frames, truth))[::every]:
                 start = time.perf_counter()
                 mask = seg.segment(frame) > 0
                 ms[n].append(1000 * (time.perf_counter() - start))
-                per_clip.append(_iou(mask, t))
+                per_clip.append(mask_iou([mask], [t]))
             ious[n].append(np.mean(per_clip))
     for n in sizes:
         print(f"roi: {Path(seg_path).name} at input {n}: mean IoU with the human masks {np.mean(ious[n]):.3f} "
@@ -219,37 +217,51 @@ def bench_roi_detector(sizes=(320, 480, 640), every: int = 6):
               f"(1 thread)")
 
 
+class _Annotation:
+    """A stand-in segmenter that returns the human mask it is handed: what the flow loses, without
+    the detector's own errors."""
+    mask = None
+
+    def segment(self, frame: np.ndarray) -> np.ndarray:
+        return self.mask
+
+
 def bench_roi_flow(interval: int = 5, width: int = 256):
-    """How well each flow carries a mask between keyframes: the human mask at every keyframe, carried
-    to the frames between and compared with theirs (the detector's own errors left out)."""
-    from roi_sources import FLOW_PARAMS, _small_gray, farneback_flow, warp_by_flow
+    """How well each flow carries a mask between keyframes: inference's KeyframeSource with the human
+    mask at every keyframe, its masks on the frames between compared with theirs."""
+    from metrics import mask_iou
+    from roi_sources import FLOW_PARAMS, KeyframeSource, farneback_flow
     cv2.setNumThreads(1)
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    flows = {"none (keyframe mask held)": None,
+    flows = {"none (keyframe mask held)": lambda g, p: np.zeros((*g.shape, 2), np.float32),
              f"Farneback {FLOW_PARAMS} (default)": farneback_flow,
              "Farneback (0.5, 3, 15, 3, 5, 1.2) (OpenCV's sample)": lambda g, p: farneback_flow(g, p, (0.5, 3, 15, 3, 5, 1.2)),
              "DIS, medium preset": lambda g, p: dis.calc(g, p, None)}
     ious, ms = {k: [] for k in flows}, {k: [] for k in flows}
-    for _, frames, truth in _davis_clips():
-        grays = [_small_gray(f, width) for f in frames]
+
+    def timed(flow, times):
+        def run(gray, prev_gray):
+            start = time.perf_counter()
+            f = flow(gray, prev_gray)
+            times.append(1000 * (time.perf_counter() - start))
+            return f
+        return run
+
+    for frames, truth in _davis_clips():
         for name, flow in flows.items():
+            annotation = _Annotation()
+            source = KeyframeSource(annotation, interval, width, flow=timed(flow, ms[name]))
             per_clip = []
-            for i, (g, t) in enumerate(zip(grays, truth)):
-                if i % interval == 0:
-                    small = cv2.resize(t.astype(np.float32), g.shape[::-1], interpolation=cv2.INTER_AREA)
-                    continue
-                if flow is not None:
-                    start = time.perf_counter()
-                    f = flow(g, grays[i - 1])
-                    ms[name].append(1000 * (time.perf_counter() - start))
-                    small = warp_by_flow(small, f)
-                full = cv2.resize(small, t.shape[::-1], interpolation=cv2.INTER_LINEAR) > 0.5
-                per_clip.append(_iou(full, t))
+            for i, (frame, t) in enumerate(zip(frames, truth)):
+                annotation.mask = t.astype(np.float32)
+                carried = source.mask(frame) > 0.5
+                if i % interval:
+                    per_clip.append(mask_iou([carried], [t]))
             ious[name].append(np.mean(per_clip))
     for name in flows:
-        cost = f", {statistics.median(ms[name]):.1f} ms a frame" if ms[name] else ""
         print(f"roi: masks carried by flow {name}: mean IoU {np.mean(ious[name]):.3f} on the frames between "
-              f"keyframes {interval} apart ({len(ious[name])} DAVIS clips, flow at width {width}{cost})")
+              f"keyframes {interval} apart ({len(ious[name])} DAVIS clips, flow at width {width}, "
+              f"{statistics.median(ms[name]):.1f} ms a frame)")
 
 
 def bench_roi():

@@ -306,19 +306,14 @@ def warp_by_flow(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
     return cv2.remap(image, mapping[..., 0], mapping[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def backward_warp(image: np.ndarray, gray: np.ndarray, prev_gray: np.ndarray) -> np.ndarray:
-    """Move `image` (aligned with prev_gray) onto the current frame `gray`."""
-    return warp_by_flow(image, farneback_flow(gray, prev_gray))
-
-
 class KeyframeSource:
     """Runs an expensive segmenter every `interval` frames and carries its mask in between by
     warping it with dense optical flow (Farneback at low resolution), so objects stay covered."""
 
-    def __init__(self, segmenter, interval: int = 1, flow_width: int = 256):
+    def __init__(self, segmenter, interval: int = 1, flow_width: int = 256, flow=farneback_flow):
         if interval < 1:
             raise UserError(f"--keyframe_interval must be >= 1, got {interval}")
-        self.segmenter, self.interval, self.flow_width = segmenter, interval, flow_width
+        self.segmenter, self.interval, self.flow_width, self.flow = segmenter, interval, flow_width, flow
         self.stateful = interval > 1  # warping needs every frame, in order
         self.index, self.prev_gray, self.prev_mask = 0, None, None
 
@@ -328,7 +323,7 @@ class KeyframeSource:
             full = self.segmenter.segment(frame)
             small = cv2.resize(full, gray.shape[::-1], interpolation=cv2.INTER_AREA) if gray is not None else full
         else:
-            small = backward_warp(self.prev_mask, gray, self.prev_gray)
+            small = warp_by_flow(self.prev_mask, self.flow(gray, self.prev_gray))
             full = cv2.resize(small, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
         self.index += 1
         self.prev_gray, self.prev_mask = gray, small
