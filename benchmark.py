@@ -2,8 +2,9 @@
 
     python benchmark.py network        # params, ms per 1280x720 frame at x2 vs cv2 INTER_AREA
     python benchmark.py pipeline       # frames/s at 720p x2 with all defaults: motion ROI; the float YOLO .pt at
-                                       # k=1 and k=5; the int8 ONNX segmenter at k=5 -- then the whole-process
-                                       # wall time of inference.py on 300 frames beside area + x264
+                                       # k=1 and k=5 (and at k=5 in PyTorch, not ONNX Runtime); the int8 ONNX
+                                       # segmenter at k=5 -- then the whole-process wall time of inference.py
+                                       # on 300 frames beside area + x264
     python benchmark.py memory         # peak RSS of inference on a short and a 10x longer input
     python benchmark.py roi            # the ROI's defaults, on DAVIS (../shared) against its human masks: YOLO
                                        # input size (mask IoU, ms a frame); the flow that carries masks between
@@ -25,15 +26,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
 import torch
 
+from inference import default_threads
+
 REPO = Path(__file__).resolve().parent
 
 
-def bench_network(threads: int = 2, repeats: int = 30):
+def bench_network(threads: int, repeats: int = 30):
     from checkpoint import default_path, load_model
     from engine import ModelKnobs, apply_knobs
     from roi_downsampler import DownsamplerConfig, ROIDownsampler, count_parameters
@@ -121,7 +125,15 @@ def _timed_process(args: list[str]) -> tuple[float, float]:
 AREA_X264 = REPO / "area_x264.py"
 
 
-def bench_whole_process(threads: int = 2, frames: int = 300):
+def _threads_flag(threads: Optional[int]) -> list[str]:
+    return [] if threads is None else ["--threads", str(threads)]
+
+
+def _threads_said(threads: Optional[int]) -> str:
+    return f"{threads} torch threads" if threads else f"torch threads: inference.py's default ({default_threads()})"
+
+
+def bench_whole_process(threads: Optional[int] = None, frames: int = 300):
     """inference.py as a user runs it (all defaults, .pt segmenter, k=5) against plain area
     downscaling + x264 at the same preset and CRF (docs/area_x264.py, PyAV), both whole processes."""
     from rd_control import EncoderOptions
@@ -130,14 +142,14 @@ def bench_whole_process(threads: int = 2, frames: int = 300):
     with tempfile.TemporaryDirectory() as out:
         ours = _timed_process(["inference.py", "--input_dir", str(clip), "--output_dir", f"{out}/ours",
                                "--seg_model_path", float_segmenter(), "--roi_source", "yolo",
-                               "--keyframe_interval", "5", "--threads", str(threads)])
+                               "--keyframe_interval", "5", *_threads_flag(threads)])
         area = _timed_process([str(AREA_X264), str(clip), f"{out}/area.mp4", "2", str(enc.crf), enc.preset])
-    print(f"whole process, {frames} frames 1280x720 x2, {threads} threads: inference.py {ours[0]:.1f} s "
+    print(f"whole process, {frames} frames 1280x720 x2, {_threads_said(threads)}: inference.py {ours[0]:.1f} s "
           f"(peak {ours[1]:.0f} MB) vs area + x264 ({enc.preset}, CRF {enc.crf}) {area[0]:.1f} s "
           f"(peak {area[1]:.0f} MB): ratio {ours[0] / area[0]:.1f}")
 
 
-def bench_pipeline(threads: int = 2, frames: int = 100, extra: tuple = ()):
+def bench_pipeline(threads: Optional[int] = None, frames: int = 100, extra: tuple = ()):
     """inference.py as a child process per case, all defaults but the ROI source and keyframe
     interval (and `extra`); frames/s from its report.json: steady state, start-up not counted."""
     clip = _clip_720p(frames)
@@ -145,29 +157,35 @@ def bench_pipeline(threads: int = 2, frames: int = 100, extra: tuple = ()):
         (f"YOLO {label}, keyframe interval {k}", ["--roi_source", "yolo", "--seg_model_path", path,
                                                  "--keyframe_interval", str(k)])
         for label, path, ks in _segmenters() for k in ks]
+    if not float_segmenter().endswith(".yaml"):  # the default ONNX Runtime beside PyTorch, as loaded
+        cases.insert(3, ("YOLO float .pt in PyTorch (--seg_runtime torch), keyframe interval 5",
+                         ["--roi_source", "yolo", "--seg_model_path", float_segmenter(), "--keyframe_interval", "5",
+                          "--seg_runtime", "torch"]))
     for name, flags in cases:
         with tempfile.TemporaryDirectory() as out:
             res = subprocess.run([sys.executable, "inference.py", "--input_dir", str(clip), "--output_dir",
-                                  f"{out}/run", "--threads", str(threads), *flags, *extra],
+                                  f"{out}/run", *_threads_flag(threads), *flags, *extra],
                                  capture_output=True, text=True, cwd=REPO)
             if res.returncode:
                 raise SystemExit(res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "inference.py failed")
             report = json.loads((Path(out) / "run" / "report.json").read_text())
         stages = ", ".join(f"{k} {v:.0f}" for k, v in report["stage_fps"].items() if v)
+        if report.get("seg_runtime"):
+            stages += f"; segmenter in {report['seg_runtime']}"
         loop = report.get("rd_control_seconds", 0.0)
-        print(f"pipeline 1280x720 x2, {threads} threads, {name}: {report['overall_fps']:.1f} frames/s "
+        print(f"pipeline 1280x720 x2, {_threads_said(threads)}, {name}: {report['overall_fps']:.1f} frames/s "
               f"(stages frames/s: {stages}; closed loop {loop:.2f} s = {100 * loop / report['seconds']:.0f}% of "
               f"{report['seconds']:.1f} s; video.mp4 {report['video_bytes']} B"
               + (f" = {report['bytes_vs_area_pct']:+.1f}% vs area)" if "bytes_vs_area_pct" in report else ")"))
 
 
-def bench_memory(threads: int = 2):
+def bench_memory(threads: Optional[int] = None):
     """Peak RSS of a child inference process on N and 10N frames: flat if streaming works."""
     for n in (60, 600):
         clip = _clip_720p(n)
         with tempfile.TemporaryDirectory() as out:
             code = ("import sys, inference; sys.argv=['inference.py','--input_dir',%r,'--output_dir',%r,"
-                    "'--roi_source','motion','--threads','%d']; inference.main()\n" % (str(clip), out, threads)) + PEAK_LINE
+                    "'--roi_source','motion',*%r]; inference.main()\n" % (str(clip), out, _threads_flag(threads))) + PEAK_LINE
             res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
             peak = [l for l in res.stdout.splitlines() if l.startswith("PEAK")]
             if not peak:
@@ -276,16 +294,16 @@ def bench_roi():
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", nargs="?", default="all", choices=["network", "pipeline", "memory", "roi", "all"])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: inference.py's own)")
     p.add_argument("--frames", type=int, default=100, help="pipeline: frames of the 720p clip")
     p.add_argument("--whole_frames", type=int, default=300, help="pipeline: frames of the whole-process comparison")
     a, extra = p.parse_known_args()  # pipeline: anything else goes to inference.py (e.g. --rd_control off)
-    if a.threads < 1 or a.frames < 1 or a.whole_frames < 1:
+    if (a.threads is not None and a.threads < 1) or a.frames < 1 or a.whole_frames < 1:
         p.error("--threads, --frames and --whole_frames must be >= 1")
     if extra and a.what != "pipeline":
         p.error(f"unrecognized arguments: {' '.join(extra)} (only 'pipeline' passes flags on to inference.py)")
     if a.what in ("network", "all"):
-        bench_network(a.threads)
+        bench_network(a.threads or default_threads())
     if a.what in ("pipeline", "all"):
         bench_pipeline(a.threads, a.frames, tuple(extra))
         bench_whole_process(a.threads, a.whole_frames)

@@ -225,12 +225,15 @@ def _at_least(value, floor) -> bool:
     return value is None or (floor is not None and value >= floor - ROI_TOLERANCE_DB)
 
 
-def decide(frames: dict, softs, opts: EncoderOptions, fps: float, start: int = 0) -> Decision:
+def decide(frames: dict, softs, opts: EncoderOptions, fps: float, start: int = 0,
+           segment_frames: Optional[int] = None) -> Decision:
     """Trial-encode the start of one segment; return the candidate with the fewest bytes that
     keeps the objects at --crf and the background at --background_crf (else plain area).
-    frames maps each background source to the segment's frames: "area", and "model" (the
-    network's output)."""
+    frames maps each background source to the segment's first frames (at least the trial's):
+    "area", and "model" (the network's output); segment_frames: the segment's length (default:
+    as many as given)."""
     t0 = time.perf_counter()
+    segment_frames = segment_frames or len(frames["area"])
     n = min(opts.trial_frames, len(frames["area"]))
     softs_n = softs[:n]
     area = scoring_reference(frames["area"][:n], softs_n)
@@ -238,7 +241,7 @@ def decide(frames: dict, softs, opts: EncoderOptions, fps: float, start: int = 0
 
     def measure(c: Candidate) -> dict:
         trials[c] = trial(frames[c.background][:n], area, softs_n, c, opts.crf, fps, opts.preset,
-                          len(frames["area"]), start == 0)
+                          segment_frames, start == 0)
         return trials[c]
 
     ref = measure(AREA)
@@ -272,7 +275,7 @@ def decide(frames: dict, softs, opts: EncoderOptions, fps: float, start: int = 0
         r["bytes_vs_area_pct"] = 100 * (r["bits"] / ref["bits"] - 1)
         r.setdefault("passes", c == AREA)
     return Decision(start, len(frames["area"]), best, {c.name: r for c, r in trials.items()},
-                    time.perf_counter() - t0)
+                    time.perf_counter() - t0)  # frames: those given so far (SegmentDecider counts on)
 
 
 def model_vs_area_pct(d: Decision) -> float:
@@ -297,7 +300,7 @@ def fixed(opts: EncoderOptions, start: int, frames: int) -> Decision:
 def plan(frames: dict, softs, opts: EncoderOptions, fps: float):
     """A whole clip held in memory (evaluation), decided as inference decides it: (decisions,
     frames to encode, per-frame x264 regions)."""
-    decider = SegmentDecider(opts, fps)
+    decider = SegmentDecider(opts, fps, total_frames=len(softs))
     decided = [f for i, soft in enumerate(softs) for f in decider.add(i, {k: v[i] for k, v in frames.items()}, soft)]
     decided += decider.flush()
     return decider.decisions, [f[1] for f in decided], [f[2] for f in decided]
@@ -305,32 +308,52 @@ def plan(frames: dict, softs, opts: EncoderOptions, fps: float):
 
 class SegmentDecider:
     """The decision stage of the streaming pipeline: frames come in one at a time ({source: image},
-    soft mask, and anything to carry along); once a segment is full (or at the end) it is decided
-    and its frames go out as (index, frame to encode, x264 regions, area image, soft mask, carried)."""
+    soft mask, and anything to carry along) and go out as (index, frame to encode, x264 regions,
+    area image, soft mask, carried). A segment is decided as soon as its first ``trial_frames``
+    frames are in -- all that its trials look at -- and its other frames go out as they come, so
+    only those first frames are ever held. ``total_frames``, when known, makes the estimate of a
+    short last segment's bytes exact (it scales every candidate alike, except in a clip shorter
+    than one segment)."""
 
-    def __init__(self, opts: EncoderOptions, fps: float):
-        self.opts, self.fps = opts, fps
-        self.pending: list = []
+    def __init__(self, opts: EncoderOptions, fps: float, total_frames: Optional[int] = None):
+        self.opts, self.fps, self.total = opts, fps, total_frames
+        self.pending: list = []          # the current segment's frames, while it is undecided
+        self.current: Optional[Decision] = None
         self.decisions: list[Decision] = []
 
     def add(self, index: int, images: dict, soft, carried=None) -> list:
-        self.pending.append((index, images, soft, carried))
-        return self.flush() if len(self.pending) >= self.opts.segment else []
+        frame = (index, images, soft, carried)
+        if self.current is not None and self.current.frames < self.opts.segment:
+            self.current.frames += 1
+            return self._out(self.current, [frame])
+        self.current = None  # a new segment starts here
+        self.pending.append(frame)
+        needed = min(self.opts.trial_frames, self.opts.segment) if self.opts.rd_control else 1
+        return self._decide(self._expected_length()) if len(self.pending) >= needed else []
 
     def flush(self) -> list:
-        if not self.pending:
-            return []
+        """The end of the input: decide what is still undecided (a segment shorter than a trial)."""
+        return self._decide(len(self.pending)) if self.pending else []
+
+    def _expected_length(self) -> int:
+        start = self.pending[0][0]
+        return self.opts.segment if self.total is None else max(1, min(self.opts.segment, self.total - start))
+
+    def _decide(self, segment_frames: int) -> list:
         start, opts = self.pending[0][0], self.opts
         if opts.rd_control:
             frames = {k: [p[1][k] for p in self.pending] for k in self.pending[0][1]}
-            d = decide(frames, [p[2] for p in self.pending], opts, self.fps, start)
+            d = decide(frames, [p[2] for p in self.pending], opts, self.fps, start, segment_frames)
         else:
             d = fixed(opts, start, len(self.pending))
         self.decisions.append(d)
-        out = [(i, *output_of(d.choice, images, soft), images["area"], soft, carried)
-               for i, images, soft, carried in self.pending]
-        self.pending = []
-        return out
+        self.current, pending, self.pending = d, self.pending, []
+        return self._out(d, pending)
+
+    @staticmethod
+    def _out(d: Decision, frames) -> list:
+        return [(i, *output_of(d.choice, images, soft), images["area"], soft, carried)
+                for i, images, soft, carried in frames]
 
     def report(self) -> dict:
         ds = self.decisions

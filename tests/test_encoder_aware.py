@@ -275,3 +275,24 @@ def test_a_background_that_saves_only_in_the_intra_frame_is_not_chosen_inside_a_
     sources = {"area": area, "model": held}
     assert rd_control.decide(sources, softs, enc, 25, start=0).choice.background == "model"
     assert rd_control.decide(sources, softs, enc, 25, start=50).choice == rd_control.AREA
+
+
+def test_a_segment_is_decided_on_its_trial_frames_and_its_other_frames_stream_through():
+    """SegmentDecider holds a segment's first trial_frames frames only (all its trials look at):
+    the choice is made once they are in and the other frames go out as they come -- the choices
+    and regions of deciding each whole segment at once."""
+    frames, masks = noisy_static_scene(n=25, noise=10.0, **BIG)
+    area, softs = metrics.resize_all(frames, 2), softs_of(masks)
+    held = [cv2.GaussianBlur(a, (9, 9), 0) for a in area]
+    enc = rd_control.EncoderOptions(segment=10, trial_frames=4)
+    decider = rd_control.SegmentDecider(enc, 25, total_frames=25)
+    out = [decider.add(i, {"area": a, "model": m}, s) for i, (a, m, s) in enumerate(zip(area, held, softs))]
+    assert [len(o) for o in out] == ([0, 0, 0, 4] + [1] * 6) * 2 + [0, 0, 0, 4, 1] and decider.flush() == []
+    assert [(d.start, d.frames) for d in decider.decisions] == [(0, 10), (10, 10), (20, 5)]
+    for d in decider.decisions:
+        part = slice(d.start, d.start + d.frames)
+        whole = rd_control.decide({"area": area[part], "model": held[part]}, softs[part], enc, 25, d.start)
+        assert whole.choice == d.choice
+        assert [o[2] for o in sum(out, [])[part]] == [rd_control.regions_of(d.choice, s) for s in softs[part]]
+    short = rd_control.SegmentDecider(enc, 25)  # fewer frames than a trial: decided at the end
+    assert short.add(0, {"area": area[0], "model": held[0]}, softs[0]) == [] and len(short.flush()) == 1

@@ -176,3 +176,11 @@ def test_background_strength_zero_gives_area_background(tmp_path, frame_folder, 
     default = tmp_path / "default"
     assert run(["--input_dir", frame_folder, *common(ckpt, default, extra[:2])])[0] == 0
     assert json.loads((default / "report.json").read_text())["parameters"][3]["bg_simplify"] > 0.1
+
+
+def test_torch_takes_half_the_cores_by_default(monkeypatch):
+    """The pipeline's stages already run side by side: threads inside each op would compete with them."""
+    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert inference.default_threads() == 4
+    monkeypatch.setattr(inference.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert inference.default_threads() == 1

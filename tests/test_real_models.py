@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import inference
+import roi_sources
 from roi_sources import RoiOptions, YoloSegmenter, load_yolo, make_roi_source, read_mask_file
 from video_io import read_image_rgb
 
@@ -81,6 +82,42 @@ print("ok")
     assert res.stdout.strip().endswith("ok"), res.stderr[-2000:]
 
 
+def test_a_pt_runs_in_onnx_runtime_with_its_own_masks_exported_once(tmp_path, monkeypatch):
+    """--seg_runtime auto: the .pt is exported once into the cache (never beside the user's file),
+    finds exactly the masks the .pt finds in PyTorch, and its session takes torch's thread count."""
+    import torch
+    monkeypatch.setattr(roi_sources, "ONNX_CACHE", tmp_path / "onnx")
+    user = tmp_path / "user"
+    user.mkdir()
+    shutil.copy(PT, user / "mine.pt")
+    in_torch, in_ort = load_yolo(str(user / "mine.pt")), load_yolo(str(user / "mine.pt"), runtime="auto")
+    assert (in_torch.runtime, in_ort.runtime) == ("torch", "onnxruntime")
+    assert [p.name for p in user.iterdir()] == ["mine.pt"]
+    exported = list((tmp_path / "onnx").iterdir())
+    assert len(exported) == 1 and exported[0].suffix == ".onnx"
+    a, b = YoloSegmenter(in_torch, "all"), YoloSegmenter(in_ort, "all")
+    for f in [davis_frame(seq, i)[0] for seq in ("breakdance", "libby") for i in (0, 10)]:
+        assert np.array_equal(a.segment(f), b.segment(f))
+    session = in_ort.predictor.model.backend.session
+    assert session.get_session_options().intra_op_num_threads == torch.get_num_threads()
+    stamp = exported[0].stat().st_mtime_ns
+    assert load_yolo(str(user / "mine.pt"), runtime="auto").runtime == "onnxruntime"
+    assert list((tmp_path / "onnx").iterdir()) == exported and exported[0].stat().st_mtime_ns == stamp
+
+
+def test_a_failed_export_runs_the_pt_in_pytorch_with_one_line(tmp_path, monkeypatch, capsys):
+    from ultralytics.engine.model import Model
+
+    def fail(self, **kwargs):
+        raise RuntimeError("exporter broke")
+    monkeypatch.setattr(roi_sources, "ONNX_CACHE", tmp_path / "onnx")
+    monkeypatch.setattr(Model, "export", fail)
+    assert load_yolo(str(PT), runtime="auto").runtime == "torch"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not export" in err[0] and "--seg_runtime torch" in err[0]
+    assert list((tmp_path / "onnx").iterdir()) == []  # nothing half-written left behind
+
+
 def test_conflicting_imgsz_is_a_warning_not_a_crash(yolo, capsys):
     seg = YoloSegmenter(yolo, "person", imgsz=640)
     assert seg.imgsz == 320 and "--seg_imgsz 640 ignored" in capsys.readouterr().err
@@ -103,6 +140,7 @@ def test_inference_with_a_real_segmenter_end_to_end(tmp_path, model, seq, n, k, 
     report = json.loads((out / "report.json").read_text())
     assert report["roi_source"] == "yolo+motion" and report["frames"] == n and report["seg_imgsz"] == size
     assert report["area_video_bytes"] > 0 and report["roi_options"]["keyframe_interval"] == k
+    assert report["seg_runtime"] == "onnxruntime"  # the .pt too: exported for ONNX Runtime by default
     for i in checked:
         soft = read_image_rgb(out / "masks" / f"{i:05d}.png")[..., 0] > 128
         truth = davis_frame(seq, i)[1][::2, ::2][: soft.shape[0], : soft.shape[1]]
