@@ -173,7 +173,8 @@ def bench_pipeline(threads: Optional[int] = None, frames: int = 100, extra: tupl
         if report.get("seg_runtime"):
             stages += f"; segmenter in {report['seg_runtime']}"
         loop = report.get("rd_control_seconds", 0.0)
-        print(f"pipeline 1280x720 x2, {_threads_said(threads)}, {name}: {report['overall_fps']:.1f} frames/s "
+        steady = f", {report['steady_fps']:.1f} after the first output" if report.get("steady_fps") else ""
+        print(f"pipeline 1280x720 x2, {_threads_said(threads)}, {name}: {report['overall_fps']:.1f} frames/s{steady} "
               f"(stages frames/s: {stages}; closed loop {loop:.2f} s = {100 * loop / report['seconds']:.0f}% of "
               f"{report['seconds']:.1f} s; video.mp4 {report['video_bytes']} B"
               + (f" = {report['bytes_vs_area_pct']:+.1f}% vs area)" if "bytes_vs_area_pct" in report else ")"))

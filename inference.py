@@ -283,7 +283,7 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
     t_start = time.perf_counter()
     try:
         with tqdm(total=reader.info.num_frames or None, desc=f"downsampling {seq_path.name}", unit="frame") as bar:
-            waited, names = {}, []
+            waited, names, first = {}, [], None  # first: (time, frames) of the first output chunk
             frames_in = read_frames(reader, source, cfg.scale_factor, seconds, bar, names)
             chunks = engine.stream(model, engine.prefetch(frames_in, waited=waited), cfg.batch_size, device)
             while True:
@@ -292,6 +292,7 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
                 seconds["downsample"] += time.perf_counter() - t  # time waiting for input is subtracted below
                 if chunk is None:
                     break
+                first = first or (time.perf_counter(), len(chunk.images))
                 for img, soft, params, (frame, mask) in zip(chunk.images, chunk.softs, chunk.params, chunk.inputs):
                     debug = cfg.debug and n % cfg.debug_every == 0
                     s = cfg.scale_factor
@@ -317,7 +318,8 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
     if cfg.debug:
         import debug_viz
         debug_viz.plot_parameters(out_dir / "debug" / "parameters.png", params_log)
-    elapsed = time.perf_counter() - t_start
+    end = time.perf_counter()
+    elapsed = end - t_start
     return {
         "input": str(seq_path), "frames": n, "input_size": [reader.info.width, reader.info.height],
         "output_size": [reader.info.width // cfg.scale_factor, reader.info.height // cfg.scale_factor],
@@ -329,6 +331,8 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
         "x264_regions": [[[list(r), q] for r, q in regs] for regs in writer.regions], **decider.report(),
         "stage_fps": {k: (n / v if v > 0 else None) for k, v in seconds.items()},
         "overall_fps": n / elapsed, "seconds": elapsed, "parameters": params_log,
+        # after start-up (the gate's look-ahead, the detector's first call): frames/s from the first output on
+        "steady_fps": (n - first[1]) / (end - first[0]) if first and n > first[1] else None,
     }
 
 

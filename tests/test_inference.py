@@ -44,6 +44,7 @@ def test_frame_folder_output_contract(tmp_path, frame_folder, ckpt):
     report = json.loads((out / "report.json").read_text())
     assert report["roi_source"] == "masks" and report["frames"] == 6 and report["video_bytes"] > 0
     assert set(report["stage_fps"]) == {"read", "segment", "downsample", "write"}
+    assert report["overall_fps"] > 0 and report["steady_fps"] is None  # all 6 in the first output (8-frame look-ahead)
     assert len(report["parameters"]) == 6 and "bg_simplify" in report["parameters"][0]
     soft = read_image_rgb(masks[2])[..., 0]
     square = read_image_rgb(tmp_path / "clip_masks" / "frame2.png")[::2, ::2, 0] > 0
