@@ -168,9 +168,9 @@ def load_yolo(seg_model_path: str, task: str = "segment", flag: str = "--seg_mod
             kind = {2: "a segmentation", 1: "a detection"}.get(outputs, f"a {outputs}-output")
             raise UserError(f"{path}: {kind} model, but a {task} model is needed for {flag}; pass a YOLO "
                             f"{'segmentation (-seg)' if task == 'segment' else 'detection'} model")
-    twin = runtime == "auto" and path.suffix.lower() == ".pt" and path.is_file()
-    if twin and _twin_path(path).is_file():  # this very .pt loaded and was exported before
-        return _onnx_runtime_model(_twin_path(path), task)
+    twin = _twin_path(path) if runtime == "auto" and path.suffix.lower() == ".pt" and path.is_file() else None
+    if twin is not None and twin.is_file():  # this very .pt loaded, passed the checks below and was exported
+        return _onnx_runtime_model(twin, task)
     level = LOGGER.level
     LOGGER.setLevel("ERROR")  # its download retries and warnings would bury our one-line message
     try:
@@ -190,7 +190,7 @@ def load_yolo(seg_model_path: str, task: str = "segment", flag: str = "--seg_mod
         raise UserError(f"{path}: a {model.task} model, but a {task} model is needed for {flag}; pass a YOLO "
                         f"{'segmentation (-seg)' if task == 'segment' else 'detection'} model")
     model.runtime = "onnxruntime" if path.suffix.lower() == ".onnx" else "torch"
-    if twin and (exported := onnx_twin(path, task)) is not None:
+    if twin is not None and (exported := onnx_twin(path, task)) is not None:
         return _onnx_runtime_model(exported, task)
     return model
 
@@ -244,8 +244,8 @@ def onnx_twin(pt_path: Path, task: str = "segment") -> Optional[Path]:
             exported = YOLO(str(copy), task=task).export(format="onnx", dynamic=True, simplify=False)
             os.replace(exported, target)
     except Exception as e:
-        warn(f"{pt_path}: could not export it for ONNX Runtime ({type(e).__name__}); it runs in PyTorch "
-             f"(--seg_runtime torch says so without trying)")
+        warn(f"{pt_path}: could not export it for ONNX Runtime ({type(e).__name__}); running it in PyTorch "
+             f"(--seg_runtime torch skips the attempt)")
         return None
     finally:
         LOGGER.setLevel(level)
