@@ -233,10 +233,10 @@ def onnx_twin(pt_path: Path, task: str = "segment") -> Optional[Path]:
     target = _twin_path(pt_path)
     if target.is_file():
         return target
-    ONNX_CACHE.mkdir(parents=True, exist_ok=True)
     level = LOGGER.level
     LOGGER.setLevel("ERROR")  # the exporter's report
     try:
+        ONNX_CACHE.mkdir(parents=True, exist_ok=True)  # a read-only clone: the warning below, and PyTorch
         with tempfile.TemporaryDirectory(dir=ONNX_CACHE) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's warnings about shape-dependent branches
             copy = Path(tmp) / "model.pt"  # Ultralytics writes the export beside the weights: not the user's folder
