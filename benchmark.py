@@ -151,7 +151,8 @@ def bench_whole_process(threads: Optional[int] = None, frames: int = 300):
 
 def bench_pipeline(threads: Optional[int] = None, frames: int = 100, extra: tuple = ()):
     """inference.py as a child process per case, all defaults but the ROI source and keyframe
-    interval (and `extra`); frames/s from its report.json: steady state, start-up not counted."""
+    interval (and `extra`); frames/s from its report.json: overall (imports and model loading not
+    counted; the gate's 8-frame look-ahead and the detector's first call are) and after the first output."""
     clip = _clip_720p(frames)
     cases = [("motion ROI", ["--roi_source", "motion"])] + [
         (f"YOLO {label}, keyframe interval {k}", ["--roi_source", "yolo", "--seg_model_path", path,
