@@ -44,6 +44,8 @@ def describe_os_error(e: OSError, where_else: str | None = None) -> str:
 def run_cli(run, args, interrupted_message: str = "interrupted") -> int:
     """Call run(args) and turn what can go wrong into one line and an exit code."""
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    if _main_thread() and signal.getsignal(signal.SIGINT) is _interrupted_at_start_up:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on the run cleans up after itself
     try:
         result = run(args)
         return result if isinstance(result, int) else 0
@@ -69,16 +71,24 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _interrupted_at_start_up(*_) -> None:
+    import os
+    print("interrupted: nothing was written", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
 def quiet_interrupts() -> None:
     """For a CLI's start-up, before its heavy imports: Ctrl-C while torch and friends load ends with
-    one line and exit code 130, not a traceback (run_cli takes over once the CLI runs)."""
+    one line and exit code 130, not a traceback, and never as a KeyboardInterrupt raised inside a
+    C++ extension's initialisation (that aborts: "terminate called ... pybind11"). Nothing has been
+    written yet; run_cli gives Ctrl-C back to Python once the CLI runs."""
+    if _main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupted_at_start_up)
     previous = sys.excepthook
 
     def hook(kind, value, tb):
         if issubclass(kind, KeyboardInterrupt):
-            print("interrupted: nothing was written", file=sys.stderr, flush=True)
-            import os
-            os._exit(130)
+            _interrupted_at_start_up()
         previous(kind, value, tb)
     sys.excepthook = hook
 
