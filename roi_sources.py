@@ -137,8 +137,8 @@ class YoloUnavailable(UserError):
 def load_yolo(seg_model_path: str, task: str = "segment", flag: str = "--seg_model_path", runtime: str = "torch"):
     """Load an Ultralytics YOLO model (.pt, exported .onnx, or .yaml); YoloUnavailable with the fix
     if it cannot. ``task`` is "segment" for ROI masks, "detect" for the evaluation's detector.
-    runtime "auto": a .pt that loads is run by ONNX Runtime through its onnx_twin (``.runtime``
-    says which ran).
+    runtime "auto": a .pt that loads is run by ONNX Runtime through its export (export_onnx, once;
+    ``.runtime`` says which ran).
 
     A ``.yaml`` name (e.g. ``yolov8n-seg.yaml``) builds the architecture with random weights: the
     same cost, useful for speed benchmarks only.
@@ -190,8 +190,8 @@ def load_yolo(seg_model_path: str, task: str = "segment", flag: str = "--seg_mod
         raise UserError(f"{path}: a {model.task} model, but a {task} model is needed for {flag}; pass a YOLO "
                         f"{'segmentation (-seg)' if task == 'segment' else 'detection'} model")
     model.runtime = "onnxruntime" if path.suffix.lower() == ".onnx" else "torch"
-    if twin is not None and (exported := onnx_twin(path, task)) is not None:
-        return _onnx_runtime_model(exported, task)
+    if twin is not None and export_onnx(path, twin, task):
+        return _onnx_runtime_model(twin, task)
     return model
 
 
@@ -213,31 +213,29 @@ def safe_ultralytics() -> None:
 
 
 def _twin_path(pt_path: Path) -> Path:
+    """Where a .pt's ONNX export is kept: one per .pt content and Ultralytics version."""
     import ultralytics
     digest = hashlib.sha256(pt_path.read_bytes()).hexdigest()[:16]
     return ONNX_CACHE / f"{pt_path.stem}-{digest}-ultralytics{ultralytics.__version__}.onnx"
 
 
-def onnx_twin(pt_path: Path, task: str = "segment") -> Optional[Path]:
-    """The .pt exported to ONNX (float32, any input size) for ONNX Runtime, made once per .pt
-    content and Ultralytics version and kept in .cache/onnx/ (written atomically; the user's folder
-    is never written to). The same network: on 94 DAVIS frames the same masks, pixel for pixel,
-    in 48 instead of 88 ms a frame. None, with one warning, when it cannot be made."""
+def export_onnx(pt_path: Path, target: Path, task: str = "segment") -> bool:
+    """Export the .pt to ONNX (float32, any input size) for ONNX Runtime as `target` in .cache/onnx/
+    (written atomically; the user's folder is never written to). The same network: on 94 DAVIS
+    frames the same masks, pixel for pixel, in 48 instead of 88 ms a frame. False, with one
+    warning, when it cannot be made."""
     try:
         import onnx  # noqa: F401  (both are in requirements.txt; without them the .pt runs in PyTorch)
         import onnxruntime  # noqa: F401
         from ultralytics import YOLO
         from ultralytics.utils import LOGGER
     except ImportError:
-        return None
-    target = _twin_path(pt_path)
-    if target.is_file():
-        return target
+        return False
     level = LOGGER.level
     LOGGER.setLevel("ERROR")  # the exporter's report
     try:
-        ONNX_CACHE.mkdir(parents=True, exist_ok=True)  # a read-only clone: the warning below, and PyTorch
-        with tempfile.TemporaryDirectory(dir=ONNX_CACHE) as tmp, warnings.catch_warnings():
+        target.parent.mkdir(parents=True, exist_ok=True)  # a read-only clone: the warning below, and PyTorch
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's warnings about shape-dependent branches
             copy = Path(tmp) / "model.pt"  # Ultralytics writes the export beside the weights: not the user's folder
             shutil.copyfile(pt_path, copy)
@@ -246,10 +244,10 @@ def onnx_twin(pt_path: Path, task: str = "segment") -> Optional[Path]:
     except Exception as e:
         warn(f"{pt_path}: could not export it for ONNX Runtime ({type(e).__name__}); running it in PyTorch "
              f"(--seg_runtime torch skips the attempt)")
-        return None
+        return False
     finally:
         LOGGER.setLevel(level)
-    return target
+    return True
 
 
 def requested_classes(roi_classes: Optional[str]) -> Optional[list[str]]:
