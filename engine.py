@@ -80,9 +80,13 @@ def masks_to_tensor(masks) -> torch.Tensor:
 
 def tensor_to_frames(x: torch.Tensor) -> np.ndarray:
     """(..., C, h, w) in [0, 1] -> uint8 (..., h, w, C) numpy, rounded (half to even) as it is
-    written to disk. OpenCV's rounding conversion: ~6x faster than torch's on CPU."""
-    y = x.detach().movedim(-3, -1).to("cpu", torch.float32).clamp(0, 1).contiguous().numpy()
-    return cv2.convertScaleAbs(y.reshape(-1, y.shape[-2] * y.shape[-1]), alpha=255.0).reshape(y.shape)
+    written to disk. OpenCV's rounding conversion (~6x faster than torch's on CPU), in the
+    tensor's own (C, h, w) layout: only the uint8 result, a quarter of the bytes, is transposed."""
+    y = x.detach().to("cpu", torch.float32).contiguous()
+    if y.numel() and float(y.min()) < 0:  # convertScaleAbs takes |v|; above 1 it saturates at 255 itself
+        y = y.clamp_min(0)
+    u8 = cv2.convertScaleAbs(y.numpy().reshape(-1, max(y.shape[-1], 1)), alpha=255.0).reshape(y.shape)
+    return np.ascontiguousarray(np.moveaxis(u8, -3, -1))
 
 
 def pick_device(name: str) -> torch.device:
@@ -105,10 +109,10 @@ def pick_device(name: str) -> torch.device:
 @dataclass
 class Chunk:
     """What stream() yields for each chunk of frames."""
-    images: np.ndarray    # (T, h, w, 3) uint8 output frames
-    softs: np.ndarray     # (T, h, w) uint8 soft importance masks
-    params: list[dict]    # per frame, PARAM_NAMES -> value (as applied)
-    inputs: list          # the (frame, mask) pairs this chunk was made from
+    images: list[np.ndarray]  # (h, w, 3) uint8 output frames
+    softs: list[np.ndarray]   # (h, w) uint8 soft importance masks
+    params: list[dict]        # per frame, PARAM_NAMES -> value (as applied)
+    inputs: list              # the (frame, mask) pairs this chunk was made from
     state: DownsamplerState
     gate_features: torch.Tensor  # (T, 4) what the background gate saw, per frame
 
@@ -118,22 +122,27 @@ def stream(model: ROIDownsampler, pairs: Iterable, batch: int = 8, device="cpu")
     """Downsample an iterable of (RGB uint8 frame, float mask) pairs chunk by chunk.
 
     The first chunk holds at least ``model.cfg.gate_lookahead`` frames: the background gate
-    looks at them (``prime``) before deciding on frame 0."""
+    looks at them (``prime``) before deciding on frame 0. Frame by frame within a chunk (what
+    ``model.forward`` does, without stacking full-resolution frames into one tensor first)."""
     if batch < 1:
         raise UserError(f"--batch_size must be >= 1, got {batch}")
     state, pending = None, []
 
     def run(chunk):
         nonlocal state
-        frames = frames_to_tensor(np.stack([f for f, _ in chunk]))[None].to(device)
-        masks = masks_to_tensor(np.stack([m for _, m in chunk]))[None].to(device)
         if state is None:
-            state = model.prime(frames, masks)
-        out = model(frames, masks, state)
-        state = out.state
-        params = [dict(zip(PARAM_NAMES, p)) for p in out.params[0].tolist()]
-        return Chunk(tensor_to_frames(out.frames[0]), tensor_to_frames(out.masks[0])[..., 0], params, chunk, state,
-                     out.gate_features[0].cpu())
+            ahead = chunk[: model.cfg.gate_lookahead]
+            state = model.prime(frames_to_tensor(np.stack([f for f, _ in ahead]))[None].to(device),
+                                masks_to_tensor(np.stack([m for _, m in ahead]))[None].to(device))
+        images, softs, params, gate = [], [], [], []
+        for frame, mask in chunk:
+            out, soft, p, state = model.step(frames_to_tensor(frame)[None].to(device),
+                                             masks_to_tensor(mask)[None].to(device), state)
+            images.append(tensor_to_frames(out[0]))
+            softs.append(tensor_to_frames(soft[0])[..., 0])
+            params.append(dict(zip(PARAM_NAMES, p[0].tolist())))
+            gate.append(model.analyzer.gate_features(state.stats_ema)[0])
+        return Chunk(images, softs, params, chunk, state, torch.stack(gate).cpu())
 
     for pair in pairs:
         pending.append(pair)

@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 
 from errors import UserError
-from video_io import measure_h264, quant_regions, roi_rectangles, temporal_median
+from video_io import measure_h264, quant_regions, roi_rectangles, temporal_median, yuv_frame
 
 SEGMENT = 50                 # frames per decision (2 s at 25 fps: the look-ahead)
 TRIAL_FRAMES = 12            # frames of each segment trial-encoded per candidate
@@ -164,12 +164,13 @@ def roi_of(soft: np.ndarray) -> np.ndarray:
     return soft >= 128
 
 
-def regions_of(choice: Candidate, soft: np.ndarray):
-    """x264 quantiser regions of one frame under a choice (empty: plain CRF)."""
+def regions_of(choice: Candidate, soft: np.ndarray, rects=None):
+    """x264 quantiser regions of one frame under a choice (empty: plain CRF); rects: the ROI's
+    macroblock rectangles when known (they depend on the soft mask only)."""
     if not choice.delta:
         return []
-    return quant_regions(roi_rectangles(roi_of(soft)), -choice.boost / 51, choice.delta / 51,
-                         soft.shape[1], soft.shape[0])
+    rects = roi_rectangles(roi_of(soft)) if rects is None else rects
+    return quant_regions(rects, -choice.boost / 51, choice.delta / 51, soft.shape[1], soft.shape[0])
 
 
 def output_of(choice: Candidate, images: dict, soft):
@@ -192,12 +193,12 @@ def segment_bits(trial_bytes: int, intra_bytes: int, trial_frames: int, segment_
     return 8.0 * per_predicted * segment_frames
 
 
-def trial(frames, area_frames, softs, choice: Candidate, crf: int, fps: float, preset: str,
-          segment_frames: int, starts_stream: bool) -> dict:
+def trial(frames, references, regions, crf: int, fps: float, preset: str, segment_frames: int,
+          starts_stream: bool) -> dict:
     """Bits of the whole segment (segment_bits), ROI-PSNR and background PSNR (against
-    ``area_frames``, see scoring_reference) of its first frames coded as `choice`."""
-    m = measure_h264(frames, [(a, roi_of(s)) for a, s in zip(area_frames, softs)], fps, crf, preset,
-                     [regions_of(choice, s) for s in softs])
+    ``references``, (image, ROI) per frame, see scoring_reference) of its first frames coded with
+    these x264 regions."""
+    m = measure_h264(frames, references, fps, crf, preset, regions)
     bits = segment_bits(m.pop("bytes"), m.pop("intra_bytes"), len(frames), segment_frames, starts_stream)
     return {"bits": bits, **m}
 
@@ -236,12 +237,17 @@ def decide(frames: dict, softs, opts: EncoderOptions, fps: float, start: int = 0
     segment_frames = segment_frames or len(frames["area"])
     n = min(opts.trial_frames, len(frames["area"]))
     softs_n = softs[:n]
-    area = scoring_reference(frames["area"][:n], softs_n)
+    rois = [roi_of(s).view(np.uint8) for s in softs_n]  # 0/1, as the QualityMeter takes them (no copy per trial)
+    references = list(zip(scoring_reference(frames["area"][:n], softs_n), rois))
+    rects = [roi_rectangles(roi) for _, roi in references]
+    yuv: dict[str, list] = {}  # each image converted once, for all of its trials
     trials: dict[Candidate, dict] = {}
 
     def measure(c: Candidate) -> dict:
-        trials[c] = trial(frames[c.background][:n], area, softs_n, c, opts.crf, fps, opts.preset,
-                          segment_frames, start == 0)
+        if c.background not in yuv:
+            yuv[c.background] = [yuv_frame(f) for f in frames[c.background][:n]]
+        trials[c] = trial(yuv[c.background], references, [regions_of(c, s, r) for s, r in zip(softs_n, rects)],
+                          opts.crf, fps, opts.preset, segment_frames, start == 0)
         return trials[c]
 
     ref = measure(AREA)

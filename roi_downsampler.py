@@ -84,16 +84,20 @@ def _by_opencv(x: torch.Tensor) -> bool:
 
 
 def _per_plane(x: torch.Tensor, fn) -> torch.Tensor:
-    """fn applied to every (H, W) plane of a CPU float32 tensor (..., H, W)."""
+    """fn(plane, dst=None) (an OpenCV call) applied to every (H, W) plane of a CPU float32 tensor (..., H, W)."""
     planes = x.reshape(-1, *x.shape[-2:]).contiguous().numpy()
-    out = np.stack([fn(p) for p in planes])
+    first = fn(planes[0])
+    out = np.empty((len(planes), *first.shape), first.dtype)  # filled in place: no stacking copy
+    out[0] = first
+    for p, o in zip(planes[1:], out[1:]):
+        fn(p, o)
     return torch.from_numpy(out).view(*x.shape[:-2], *out.shape[-2:])
 
 
 def upsample(x: torch.Tensor, size) -> torch.Tensor:
     """Bilinear resize with half-pixel centres (align_corners=False; OpenCV's INTER_LINEAR is the same)."""
     if _by_opencv(x):
-        return _per_plane(x, lambda p: cv2.resize(p, (size[1], size[0]), interpolation=cv2.INTER_LINEAR))
+        return _per_plane(x, lambda p, o=None: cv2.resize(p, (size[1], size[0]), o, interpolation=cv2.INTER_LINEAR))
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
@@ -132,7 +136,7 @@ def area_pool(x: torch.Tensor, s: int) -> torch.Tensor:
     if h % s or w % s:
         return F.avg_pool2d(x, s, ceil_mode=True)
     if _by_opencv(x):  # INTER_AREA at an integer factor is exactly the block mean
-        return _per_plane(x, lambda p: cv2.resize(p, (w // s, h // s), interpolation=cv2.INTER_AREA))
+        return _per_plane(x, lambda p, o=None: cv2.resize(p, (w // s, h // s), o, interpolation=cv2.INTER_AREA))
     if s % 2 == 0 and s > 2:  # 4 = 2 x 2: 6 additions instead of 15
         return area_pool(area_pool(x, 2), s // 2)
     cells = _cells(x, s)
@@ -195,7 +199,7 @@ def dilate(x: torch.Tensor, k: int) -> torch.Tensor:
     need no gradient (inference), else separable running maxima (~10x faster than max_pool2d)."""
     if _by_opencv(x):
         kernel = np.ones((k, k), np.uint8)  # OpenCV's default border leaves the outside out, as -inf padding does
-        return _per_plane(x, lambda p: cv2.dilate(p, kernel))
+        return _per_plane(x, lambda p, o=None: cv2.dilate(p, kernel, o))
     return _running_max(_running_max(x, k, -1), k, -2)
 
 

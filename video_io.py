@@ -551,6 +551,16 @@ def x264_options(crf: int, preset: str) -> dict:
     return options
 
 
+def yuv_frame(rgb: np.ndarray):
+    """An RGB image as the yuv420p frame x264 codes (odd sizes edge-padded to even). The closed
+    loop converts each image once and encodes it in several trials."""
+    import av
+    h, w = rgb.shape[:2]
+    if h % 2 or w % 2:
+        rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24").reformat(format="yuv420p")
+
+
 class _H264Stream:
     """A libx264 (yuv420p) stream in an open PyAV container: odd sizes are edge-padded to even,
     and the H.264 payload (sum of packet sizes) is counted. With a QualityMeter, what a decoder
@@ -570,18 +580,15 @@ class _H264Stream:
         self.frames = self.payload = 0
         self.first_packet = None  # bytes of the stream's first packet: its intra (IDR) frame
 
-    def write(self, rgb: np.ndarray, regions=(), reference=None) -> None:
-        """One frame; `regions` ((x, y, w, h), qoffset) are x264 quantiser offsets (with_roi_offsets);
-        `reference` (RGB, ROI bool) is what the QualityMeter compares the decoded frame with."""
-        import av
-        h, w = rgb.shape[:2]
-        if h % 2 or w % 2:
-            rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    def write(self, image, regions=(), reference=None) -> None:
+        """One frame, RGB (or as yuv_frame made it); `regions` ((x, y, w, h), qoffset) are x264
+        quantiser offsets (with_roi_offsets); `reference` (RGB, ROI bool) is what the QualityMeter
+        compares the decoded frame with."""
+        frame = image if not isinstance(image, np.ndarray) else yuv_frame(image)
         if self.frames == 0:
-            self.stream.width, self.stream.height = rgb.shape[1], rgb.shape[0]
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            self.stream.width, self.stream.height = frame.width, frame.height
+        frame.pts = None  # the encoder numbers frames; a frame encoded before still holds its number
         if regions:
-            frame = frame.reformat(format="yuv420p")
             frame.pts, frame.time_base = self.frames, self.stream.codec_context.time_base or fractions.Fraction(1, 25)
             frame = with_roi_offsets(frame, regions)
             frame.pts = None  # let the encoder number frames as it does without ROI
