@@ -39,13 +39,14 @@ REPO = Path(__file__).resolve().parent
 
 def bench_network(threads: int, repeats: int = 30):
     from checkpoint import default_path, load_model
-    from engine import ModelKnobs, apply_knobs
+    from engine import ModelKnobs, apply_knobs, frames_to_tensor
     from roi_downsampler import DownsamplerConfig, ROIDownsampler, count_parameters
     torch.set_num_threads(threads)
     ckpt = default_path(2)
     model = load_model(ckpt)[0] if ckpt.exists() else ROIDownsampler(DownsamplerConfig(scale_factor=2)).eval()
     apply_knobs(model, ModelKnobs(), closed_loop=True)  # as inference runs it by default
-    frame = torch.randint(0, 256, (1, 3, 720, 1280), dtype=torch.uint8)  # as inference hands it over
+    rgb = np.random.default_rng(0).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    frame = frames_to_tensor(rgb)[None]  # as engine.stream hands it over: a (3, H, W) view of the RGB frame
     mask = torch.zeros(1, 1, 720, 1280)
     mask[..., 200:500, 300:700] = 1
     times, state = [], None

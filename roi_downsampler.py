@@ -361,7 +361,8 @@ class TemporalConsistencyModule(nn.Module):
         if prev_background is None:
             return background
         thr = threshold.view(-1, 1, 1, 1)
-        diff = (background - prev_background).abs().mean(1, keepdim=True)
+        step = background - prev_background
+        diff = step.abs().mean(1, keepdim=True)
         size = background.shape[-2:]
         stale = dilate(diff, 3) > thr
         if moved is not None:
@@ -370,7 +371,7 @@ class TemporalConsistencyModule(nn.Module):
             near = dilate(max_pool(roi, 4), 9) > 0.05  # ~16 output pixels around it, at quarter resolution
             stale = stale | F.interpolate(near.float(), scale_factor=4, mode="nearest")[..., : size[0], : size[1]].bool()
         h = hold.view(-1, 1, 1, 1) * torch.exp(-diff / thr) * (~stale)
-        return background + h * (prev_background - background)
+        return background - h * step  # = background + h * (prev_background - background), exactly
 
 
 class ROIDownsampler(nn.Module):
