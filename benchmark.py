@@ -183,18 +183,19 @@ def bench_pipeline(threads: Optional[int] = None, frames: int = 100, extra: tupl
 
 
 def bench_memory(threads: Optional[int] = None):
-    """Peak RSS of a child inference process on N and 10N frames: flat if streaming works."""
-    for n in (60, 600):
-        clip = _clip_720p(n)
-        with tempfile.TemporaryDirectory() as out:
-            code = ("import sys, inference; sys.argv=['inference.py','--input_dir',%r,'--output_dir',%r,"
-                    "'--roi_source','motion',*%r]; inference.main()\n" % (str(clip), out, _threads_flag(threads))) + PEAK_LINE
-            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-            peak = [l for l in res.stdout.splitlines() if l.startswith("PEAK")]
-            if not peak:
-                print(res.stderr[-2000:])
-                raise SystemExit("memory benchmark failed")
-            print(f"inference peak RSS, {n} frames 1280x720 (motion ROI): {int(peak[0].split()[1]) / 1024:.0f} MB")
+    """Peak RSS of a child inference process on N and 10N frames: flat if streaming works. The
+    segmenter of the pipeline benchmark (.pt, keyframe interval 5) and the weight-free motion ROI."""
+    cases = [(f"YOLO {Path(float_segmenter()).name}, keyframe interval 5",
+              ["--roi_source", "yolo", "--seg_model_path", float_segmenter(), "--keyframe_interval", "5"]),
+             ("motion ROI", ["--roi_source", "motion"])]
+    for name, flags in cases:
+        peaks = []
+        for n in (60, 600):
+            with tempfile.TemporaryDirectory() as out:
+                peaks.append(_timed_process(["inference.py", "--input_dir", str(_clip_720p(n)), "--output_dir",
+                                             f"{out}/run", *flags, *_threads_flag(threads)])[1])
+        print(f"inference peak RSS, 1280x720, {name}: 60 frames {peaks[0]:.0f} MB, 600 frames {peaks[1]:.0f} MB "
+              f"({100 * (peaks[1] / peaks[0] - 1):+.1f}%)")
 
 
 def _davis_clips():

@@ -307,9 +307,10 @@ class AdaptiveMaskHead(nn.Module):
         nn.init.zeros_(self.refine[2].weight)
         nn.init.zeros_(self.refine[2].bias)
 
-    def forward(self, roi, image_half, feather):
-        """roi: (B,1,h,w) ROI at output resolution; image_half: the output image at half size."""
-        roi_half = max_pool(roi, 2)
+    def forward(self, roi, image_half, feather, roi_half=None):
+        """roi: (B,1,h,w) ROI at output resolution; image_half: the output image at half size;
+        roi_half: max_pool(roi, 2) when the caller has it."""
+        roi_half = max_pool(roi, 2) if roi_half is None else roi_half
         closed = erode(dilate(roi_half, 5), 5)
         size = roi.shape[-2:]
         holes = F.interpolate(closed - roi_half, scale_factor=2, mode="nearest")[..., : size[0], : size[1]]
@@ -456,7 +457,7 @@ class ROIDownsampler(nn.Module):
         params = self.effective(params)
         p = dict(zip(PARAM_NAMES, params.unbind(1)))
 
-        soft = self.mask_head(roi, half, p["mask_feather"])
+        soft = self.mask_head(roi, half, p["mask_feather"], roi_half)
         soft = self.temporal.smooth_mask(soft, state.prev_mask, change)
 
         sharp = self.sharpen(frame, base, soft, p["roi_detail"].view(-1, 1, 1, 1))
