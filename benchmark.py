@@ -4,7 +4,7 @@
     python benchmark.py pipeline       # frames/s at 720p x2 with all defaults: motion ROI; the float YOLO .pt at
                                        # k=1 and k=5 (and at k=5 in PyTorch, not ONNX Runtime); the int8 ONNX
                                        # segmenter at k=5 -- then the whole-process wall time of inference.py
-                                       # on 300 frames beside area + x264
+                                       # on 300 frames beside area + x264 (medians of --repeats 3 runs)
     python benchmark.py memory         # peak RSS of inference on a short and a 10x longer input
     python benchmark.py roi            # the ROI's defaults, on DAVIS (../shared) against its human masks: YOLO
                                        # input size (mask IoU, ms a frame); the flow that carries masks between
@@ -134,26 +134,34 @@ def _threads_said(threads: Optional[int]) -> str:
     return f"{threads} torch threads" if threads else f"torch threads: inference.py's default ({default_threads()})"
 
 
-def bench_whole_process(threads: Optional[int] = None, frames: int = 300):
+def bench_whole_process(threads: Optional[int] = None, frames: int = 300, repeats: int = 3):
     """inference.py as a user runs it (all defaults, .pt segmenter, k=5) against plain area
-    downscaling + x264 at the same preset and CRF (docs/area_x264.py, PyAV), both whole processes."""
+    downscaling + x264 at the same preset and CRF (area_x264.py, PyAV), both whole processes, run
+    in turn (ours, area, ours, area, ...): the median of the pairs' ratios, as this machine drifts."""
     from rd_control import EncoderOptions
     clip = _clip_720p(frames)
     enc = EncoderOptions()
-    with tempfile.TemporaryDirectory() as out:
-        ours = _timed_process(["inference.py", "--input_dir", str(clip), "--output_dir", f"{out}/ours",
-                               "--seg_model_path", float_segmenter(), "--roi_source", "yolo",
-                               "--keyframe_interval", "5", *_threads_flag(threads)])
-        area = _timed_process([str(AREA_X264), str(clip), f"{out}/area.mp4", "2", str(enc.crf), enc.preset])
-    print(f"whole process, {frames} frames 1280x720 x2, {_threads_said(threads)}: inference.py {ours[0]:.1f} s "
-          f"(peak {ours[1]:.0f} MB) vs area + x264 ({enc.preset}, CRF {enc.crf}) {area[0]:.1f} s "
-          f"(peak {area[1]:.0f} MB): ratio {ours[0] / area[0]:.1f}")
+    ours, area = [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as out:
+            ours.append(_timed_process(["inference.py", "--input_dir", str(clip), "--output_dir", f"{out}/ours",
+                                        "--seg_model_path", float_segmenter(), "--roi_source", "yolo",
+                                        "--keyframe_interval", "5", *_threads_flag(threads)]))
+            area.append(_timed_process([str(AREA_X264), str(clip), f"{out}/area.mp4", "2", str(enc.crf), enc.preset]))
+    med = lambda xs: statistics.median(xs)
+    ratios = [o[0] / a[0] for o, a in zip(ours, area)]
+    print(f"whole process, {frames} frames 1280x720 x2, {_threads_said(threads)}, median of {repeats} in turn: "
+          f"inference.py {med([o[0] for o in ours]):.1f} s (peak {med([o[1] for o in ours]):.0f} MB) vs area + x264 "
+          f"({enc.preset}, CRF {enc.crf}) {med([a[0] for a in area]):.1f} s (peak {med([a[1] for a in area]):.0f} MB): "
+          f"ratio {med(ratios):.1f} ({min(ratios):.1f}-{max(ratios):.1f})")
 
 
-def bench_pipeline(threads: Optional[int] = None, frames: int = 100, extra: tuple = ()):
+def bench_pipeline(threads: Optional[int] = None, frames: int = 100, extra: tuple = (), repeats: int = 3):
     """inference.py as a child process per case, all defaults but the ROI source and keyframe
     interval (and `extra`); frames/s from its report.json: overall (imports and model loading not
-    counted; the gate's 8-frame look-ahead and the detector's first call are) and after the first output."""
+    counted; the gate's 8-frame look-ahead and the detector's first call are) and after the first
+    output. Each case runs `repeats` times, the cases in turn; the run with the median overall
+    frames/s is printed, with the range (this machine's speed drifts by several per cent)."""
     clip = _clip_720p(frames)
     cases = [("motion ROI", ["--roi_source", "motion"])] + [
         (f"YOLO {label}, keyframe interval {k}", ["--roi_source", "yolo", "--seg_model_path", path,
@@ -163,23 +171,35 @@ def bench_pipeline(threads: Optional[int] = None, frames: int = 100, extra: tupl
         cases.insert(3, ("YOLO float .pt in PyTorch (--seg_runtime torch), keyframe interval 5",
                          ["--roi_source", "yolo", "--seg_model_path", float_segmenter(), "--keyframe_interval", "5",
                           "--seg_runtime", "torch"]))
-    for name, flags in cases:
-        with tempfile.TemporaryDirectory() as out:
-            res = subprocess.run([sys.executable, "inference.py", "--input_dir", str(clip), "--output_dir",
-                                  f"{out}/run", *_threads_flag(threads), *flags, *extra],
-                                 capture_output=True, text=True, cwd=REPO)
-            if res.returncode:
-                raise SystemExit(res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "inference.py failed")
-            report = json.loads((Path(out) / "run" / "report.json").read_text())
+    reports = {name: [] for name, _ in cases}
+    for _ in range(repeats):
+        for name, flags in cases:
+            reports[name].append(_pipeline_report([*_threads_flag(threads), *flags, *extra], clip))
+    for name, _ in cases:
+        runs = sorted(reports[name], key=lambda r: r["overall_fps"])
+        report = runs[len(runs) // 2]
+        spread = f" (range {runs[0]['overall_fps']:.1f}-{runs[-1]['overall_fps']:.1f} over {repeats} runs)" \
+            if repeats > 1 else ""
         stages = ", ".join(f"{k} {v:.0f}" for k, v in report["stage_fps"].items() if v)
         if report.get("seg_runtime"):
             stages += f"; segmenter in {report['seg_runtime']}"
         loop = report.get("rd_control_seconds", 0.0)
         steady = f", {report['steady_fps']:.1f} after the first output" if report.get("steady_fps") else ""
-        print(f"pipeline 1280x720 x2, {_threads_said(threads)}, {name}: {report['overall_fps']:.1f} frames/s{steady} "
+        print(f"pipeline 1280x720 x2, {_threads_said(threads)}, {name}: {report['overall_fps']:.1f} frames/s"
+              f"{spread}{steady} "
               f"(stages frames/s: {stages}; closed loop {loop:.2f} s = {100 * loop / report['seconds']:.0f}% of "
               f"{report['seconds']:.1f} s; video.mp4 {report['video_bytes']} B"
               + (f" = {report['bytes_vs_area_pct']:+.1f}% vs area)" if "bytes_vs_area_pct" in report else ")"))
+
+
+def _pipeline_report(flags: list, clip: Path) -> dict:
+    """report.json of one inference.py child process on `clip`."""
+    with tempfile.TemporaryDirectory() as out:
+        res = subprocess.run([sys.executable, "inference.py", "--input_dir", str(clip), "--output_dir",
+                              f"{out}/run", *flags], capture_output=True, text=True, cwd=REPO)
+        if res.returncode:
+            raise SystemExit(res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "inference.py failed")
+        return json.loads((Path(out) / "run" / "report.json").read_text())
 
 
 def bench_memory(threads: Optional[int] = None):
@@ -301,16 +321,17 @@ def main():
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: inference.py's own)")
     p.add_argument("--frames", type=int, default=100, help="pipeline: frames of the 720p clip")
     p.add_argument("--whole_frames", type=int, default=300, help="pipeline: frames of the whole-process comparison")
+    p.add_argument("--repeats", type=int, default=3, help="pipeline: runs of each case (the median is printed)")
     a, extra = p.parse_known_args()  # pipeline: anything else goes to inference.py (e.g. --rd_control off)
-    if (a.threads is not None and a.threads < 1) or a.frames < 1 or a.whole_frames < 1:
-        p.error("--threads, --frames and --whole_frames must be >= 1")
+    if (a.threads is not None and a.threads < 1) or min(a.frames, a.whole_frames, a.repeats) < 1:
+        p.error("--threads, --frames, --whole_frames and --repeats must be >= 1")
     if extra and a.what != "pipeline":
         p.error(f"unrecognized arguments: {' '.join(extra)} (only 'pipeline' passes flags on to inference.py)")
     if a.what in ("network", "all"):
         bench_network(a.threads or default_threads())
     if a.what in ("pipeline", "all"):
-        bench_pipeline(a.threads, a.frames, tuple(extra))
-        bench_whole_process(a.threads, a.whole_frames)
+        bench_pipeline(a.threads, a.frames, tuple(extra), a.repeats)
+        bench_whole_process(a.threads, a.whole_frames, a.repeats)
     if a.what in ("memory", "all"):
         bench_memory(a.threads)
     if a.what in ("roi", "all"):
