@@ -5,6 +5,8 @@
                                        # k=1 and k=5 (and at k=5 in PyTorch, not ONNX Runtime); the int8 ONNX
                                        # segmenter at k=5 -- then the whole-process wall time of inference.py
                                        # on 300 frames beside area + x264 (medians of --repeats 3 runs)
+    python benchmark.py threads        # where the CPU goes: CPU seconds per pipeline thread of a 300-frame
+                                       # run (.pt, k=5), and how many of the cores it kept busy
     python benchmark.py memory         # peak RSS of inference on a short and a 10x longer input
     python benchmark.py roi            # the ROI's defaults, on DAVIS (../shared) against its human masks: YOLO
                                        # input size (mask IoU, ms a frame); the flow that carries masks between
@@ -306,6 +308,71 @@ def bench_roi_flow(interval: int = 5, width: int = 256):
               f"{statistics.median(ms[name]):.1f} ms a frame)")
 
 
+# Run in the child: inference.py in-process while a sampler reads every thread's CPU time from
+# /proc (Linux) twice a second, so threads that end early are counted too.
+THREAD_CPU_CODE = """
+import json, os, runpy, sys, threading, time
+names, cpu, samples = {}, {}, []
+tick = os.sysconf("SC_CLK_TCK")
+def sample():
+    for t in threading.enumerate():
+        names[str(t.native_id)] = t.name
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            stat = open(f"/proc/self/task/{tid}/stat").read()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        cpu[tid] = (names.get(tid, stat[stat.index("(") + 1:stat.rindex(")")]), (int(fields[11]) + int(fields[12])) / tick)
+def watch():
+    while True:
+        sample()
+        samples.append((time.perf_counter(), sum(s for _, s in cpu.values())))
+        time.sleep(0.5)
+threading.Thread(target=watch, daemon=True, name="sampler").start()
+sys.argv = %r
+t0 = time.perf_counter()
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as e:
+    assert not e.code, e.code
+sample()
+by_name = {}
+for name, seconds in cpu.values():
+    by_name[name] = by_name.get(name, 0.0) + seconds
+cores = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(samples, samples[1:])]
+print("THREADS", json.dumps({"wall": time.perf_counter() - t0, "cpu": by_name, "cores": cores}))
+"""
+
+
+def bench_threads(threads: Optional[int] = None, frames: int = 300):
+    """Where the CPU goes in a whole inference.py run (.pt, keyframe interval 5, all defaults): CPU
+    seconds per pipeline thread, and how many of the cores the run kept busy."""
+    clip = _clip_720p(frames)
+    with tempfile.TemporaryDirectory() as out:
+        args = ["inference.py", "--input_dir", str(clip), "--output_dir", f"{out}/run", "--roi_source", "yolo",
+                "--seg_model_path", float_segmenter(), "--keyframe_interval", "5", *_threads_flag(threads)]
+        res = subprocess.run([sys.executable, "-c", THREAD_CPU_CODE % (args,)], capture_output=True, text=True,
+                             cwd=REPO)
+    line = [l for l in res.stdout.splitlines() if l.startswith("THREADS ")]
+    if res.returncode or not line:
+        print(res.stderr[-2000:])
+        raise SystemExit("thread benchmark failed")
+    r = json.loads(line[0][len("THREADS "):])
+    what = {"MainThread": "main (start-up, network)", "input": "input (read, detector, flow)",
+            "writer": "writer (closed loop, x264, measuring)", "motion_0": "motion"}
+    groups: dict = {}
+    for name, seconds in r["cpu"].items():
+        key = "input decoding (libavcodec threads)" if name.startswith("av:") else what.get(name, name)
+        groups[key] = groups.get(key, 0.0) + seconds
+    total = sum(groups.values())
+    listed = ", ".join(f"{k} {v:.1f} s" for k, v in sorted(groups.items(), key=lambda kv: -kv[1]) if v >= 0.05)
+    steady = statistics.median(r["cores"]) if r["cores"] else float("nan")
+    print(f"CPU by thread, {frames} frames 1280x720 x2, .pt k=5, {_threads_said(threads)}: {listed}; total "
+          f"{total:.1f} s CPU in {r['wall']:.1f} s ({1000 * total / frames:.0f} ms a frame; "
+          f"{total / r['wall']:.2f} cores on average, median {steady:.2f} while running)")
+
+
 def bench_roi():
     import paths
     if not paths.DAVIS.is_dir():
@@ -317,7 +384,7 @@ def bench_roi():
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", default="all", choices=["network", "pipeline", "memory", "roi", "all"])
+    p.add_argument("what", nargs="?", default="all", choices=["network", "pipeline", "threads", "memory", "roi", "all"])
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: inference.py's own)")
     p.add_argument("--frames", type=int, default=100, help="pipeline: frames of the 720p clip")
     p.add_argument("--whole_frames", type=int, default=300, help="pipeline: frames of the whole-process comparison")
@@ -332,6 +399,8 @@ def main():
     if a.what in ("pipeline", "all"):
         bench_pipeline(a.threads, a.frames, tuple(extra), a.repeats)
         bench_whole_process(a.threads, a.whole_frames, a.repeats)
+    if a.what in ("threads", "all"):
+        bench_threads(a.threads, a.whole_frames)
     if a.what in ("memory", "all"):
         bench_memory(a.threads)
     if a.what in ("roi", "all"):

@@ -181,7 +181,7 @@ class OrderedWorker:
         self.jobs: queue.Queue = queue.Queue(max_pending)
         self.error: BaseException | None = None
         self.busy_seconds = 0.0
-        self.thread = threading.Thread(target=self._work, daemon=True)
+        self.thread = threading.Thread(target=self._work, daemon=True, name="writer")
         self.thread.start()
 
     def _work(self):
