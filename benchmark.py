@@ -150,7 +150,7 @@ def bench_whole_process(threads: Optional[int] = None, frames: int = 300, repeat
                                         "--seg_model_path", float_segmenter(), "--roi_source", "yolo",
                                         "--keyframe_interval", "5", *_threads_flag(threads)]))
             area.append(_timed_process([str(AREA_X264), str(clip), f"{out}/area.mp4", "2", str(enc.crf), enc.preset]))
-    med = lambda xs: statistics.median(xs)
+    med = statistics.median
     ratios = [o[0] / a[0] for o, a in zip(ours, area)]
     print(f"whole process, {frames} frames 1280x720 x2, {_threads_said(threads)}, median of {repeats} in turn: "
           f"inference.py {med([o[0] for o in ours]):.1f} s (peak {med([o[1] for o in ours]):.0f} MB) vs area + x264 "
