@@ -94,6 +94,11 @@ def float_segmenter() -> str:
     return "yolov8n-seg.yaml"
 
 
+def _yolo_flags(path: str, k: int = 5) -> list[str]:
+    """inference.py's flags for a YOLO segmenter run every k frames (k=5: the case the issues time)."""
+    return ["--roi_source", "yolo", "--seg_model_path", path, "--keyframe_interval", str(k)]
+
+
 def _segmenters() -> list[tuple[str, str, tuple]]:
     """(label, segmenter path, keyframe intervals) for every segmenter there is to time."""
     import paths
@@ -147,8 +152,7 @@ def bench_whole_process(threads: Optional[int] = None, frames: int = 300, repeat
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as out:
             ours.append(_timed_process(["inference.py", "--input_dir", str(clip), "--output_dir", f"{out}/ours",
-                                        "--seg_model_path", float_segmenter(), "--roi_source", "yolo",
-                                        "--keyframe_interval", "5", *_threads_flag(threads)]))
+                                        *_yolo_flags(float_segmenter()), *_threads_flag(threads)]))
             area.append(_timed_process([str(AREA_X264), str(clip), f"{out}/area.mp4", "2", str(enc.crf), enc.preset]))
     med = statistics.median
     ratios = [o[0] / a[0] for o, a in zip(ours, area)]
@@ -166,13 +170,11 @@ def bench_pipeline(threads: Optional[int] = None, frames: int = 100, extra: tupl
     frames/s is printed, with the range (this machine's speed drifts by several per cent)."""
     clip = _clip_720p(frames)
     cases = [("motion ROI", ["--roi_source", "motion"])] + [
-        (f"YOLO {label}, keyframe interval {k}", ["--roi_source", "yolo", "--seg_model_path", path,
-                                                 "--keyframe_interval", str(k)])
+        (f"YOLO {label}, keyframe interval {k}", _yolo_flags(path, k))
         for label, path, ks in _segmenters() for k in ks]
     if not float_segmenter().endswith(".yaml"):  # the default ONNX Runtime beside PyTorch, as loaded
         cases.insert(3, ("YOLO float .pt in PyTorch (--seg_runtime torch), keyframe interval 5",
-                         ["--roi_source", "yolo", "--seg_model_path", float_segmenter(), "--keyframe_interval", "5",
-                          "--seg_runtime", "torch"]))
+                         [*_yolo_flags(float_segmenter()), "--seg_runtime", "torch"]))
     reports = {name: [] for name, _ in cases}
     for _ in range(repeats):
         for name, flags in cases:
@@ -208,7 +210,7 @@ def bench_memory(threads: Optional[int] = None):
     """Peak RSS of a child inference process on N and 10N frames: flat if streaming works. The
     segmenter of the pipeline benchmark (.pt, keyframe interval 5) and the weight-free motion ROI."""
     cases = [(f"YOLO {Path(float_segmenter()).name}, keyframe interval 5",
-              ["--roi_source", "yolo", "--seg_model_path", float_segmenter(), "--keyframe_interval", "5"]),
+              _yolo_flags(float_segmenter())),
              ("motion ROI", ["--roi_source", "motion"])]
     for name, flags in cases:
         peaks = []
@@ -350,8 +352,8 @@ def bench_threads(threads: Optional[int] = None, frames: int = 300):
     seconds per pipeline thread, and how many of the cores the run kept busy."""
     clip = _clip_720p(frames)
     with tempfile.TemporaryDirectory() as out:
-        args = ["inference.py", "--input_dir", str(clip), "--output_dir", f"{out}/run", "--roi_source", "yolo",
-                "--seg_model_path", float_segmenter(), "--keyframe_interval", "5", *_threads_flag(threads)]
+        args = ["inference.py", "--input_dir", str(clip), "--output_dir", f"{out}/run",
+                *_yolo_flags(float_segmenter()), *_threads_flag(threads)]
         res = subprocess.run([sys.executable, "-c", THREAD_CPU_CODE % (args,)], capture_output=True, text=True,
                              cwd=REPO)
     line = [l for l in res.stdout.splitlines() if l.startswith("THREADS ")]
