@@ -199,15 +199,19 @@ def test_prime_summarises_the_first_frames_exactly_as_step_does():
 
 
 @pytest.mark.parametrize("s", [2, 4])
-def test_inference_detail_over_the_mask_alone_equals_the_full_frame_path(s):
+@pytest.mark.parametrize("decoded", [False, True])
+def test_inference_detail_over_the_mask_alone_equals_the_full_frame_path(s, decoded):
     """Inference computes the ROI detail only where the soft mask reaches: the same output as
-    training's full-frame path, on a frame where most of the view is far from any object."""
+    training's full-frame path, on a frame where most of the view is far from any object -- for
+    float frames and for uint8 frames laid out as decoded ((H, W, 3) rows, as inference hands them over)."""
     torch.manual_seed(0)
     model = ROIDownsampler(DownsamplerConfig(scale_factor=s)).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
     frames, _ = clip(t=3, h=160, w=256)
+    if decoded:
+        frames = (frames * 255).round().to(torch.uint8).movedim(2, -1).contiguous().movedim(-1, 2)
     masks = torch.zeros(1, 3, 1, 160, 256)
     for i in range(3):  # an object in the middle, moving: the crop starts away from the borders
         masks[:, i, :, 64:96, 120 + 8 * i:160 + 8 * i] = 1
