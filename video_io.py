@@ -468,6 +468,8 @@ def with_roi_offsets(frame, regions):
     if not regions:
         return frame
     graph = av.filter.Graph()
+    if hasattr(graph, "threads"):  # one thread: a graph starts its slice threads anew for every frame
+        graph.threads = 1
     node = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
                             time_base=frame.time_base or fractions.Fraction(1, 25))
     for (x, y, w, h), q in regions:
@@ -564,7 +566,10 @@ def convert(frame, format: str):
     cache = _converters.__dict__
     if format not in cache:
         cache[format] = VideoReformatter()
-    return cache[format].reformat(frame, format=format, threads=1)
+    try:
+        return cache[format].reformat(frame, format=format, threads=1)
+    except TypeError:  # an older PyAV: no threads argument (its swscale starts no slice threads)
+        return cache[format].reformat(frame, format=format)
 
 
 def yuv_frame(rgb: np.ndarray):
