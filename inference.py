@@ -295,11 +295,10 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
                 first = first or (time.perf_counter(), len(chunk.images))
                 for img, soft, params, (frame, mask) in zip(chunk.images, chunk.softs, chunk.params, chunk.inputs):
                     debug = cfg.debug and n % cfg.debug_every == 0
-                    s = cfg.scale_factor
-                    area = area_downscale(frame, s)
                     carried = (frame, mask) if debug else None  # full-resolution frames only travel when needed
-                    jobs.submit(lambda i=n, a=({"area": area, "model": img}, soft, carried):
-                                decide_and_write(decider.add(i, *a)))
+                    # the area reference is made on the output thread: the network's thread is the busiest
+                    jobs.submit(lambda i=n, f=frame, a=(img, soft, carried): decide_and_write(
+                        decider.add(i, {"area": area_downscale(f, cfg.scale_factor), "model": a[0]}, *a[1:])))
                     params_log.append(params)
                     n += 1
         jobs.submit(lambda: decide_and_write(decider.flush()))
