@@ -117,9 +117,20 @@ class Chunk:
     gate_features: torch.Tensor  # (T, 4) what the background gate saw, per frame
 
 
+def prepared(model: ROIDownsampler, pairs: Iterable, device="cpu") -> Iterator[tuple]:
+    """(frame, mask) pairs -> (frame, mask, model.prepare(...)): the network's work on a frame that
+    needs no state (area downscale, ROI pooling), done where the pairs are made -- under prefetch,
+    on the input thread, beside the network's thread (the busiest)."""
+    for frame, mask in pairs:
+        with torch.no_grad():  # grad mode is per thread
+            yield frame, mask, model.prepare(frames_to_tensor(frame)[None].to(device),
+                                             masks_to_tensor(mask)[None].to(device))
+
+
 @torch.no_grad()
 def stream(model: ROIDownsampler, pairs: Iterable, batch: int = 8, device="cpu") -> Iterator[Chunk]:
-    """Downsample an iterable of (RGB uint8 frame, float mask) pairs chunk by chunk.
+    """Downsample an iterable of (RGB uint8 frame, float mask) pairs chunk by chunk (or of the
+    triples ``prepared`` makes of them).
 
     The first chunk holds at least ``model.cfg.gate_lookahead`` frames: the background gate
     looks at them (``prime``) before deciding on frame 0. Frame by frame within a chunk (what
@@ -132,17 +143,17 @@ def stream(model: ROIDownsampler, pairs: Iterable, batch: int = 8, device="cpu")
         nonlocal state
         if state is None:
             ahead = chunk[: model.cfg.gate_lookahead]
-            state = model.prime(frames_to_tensor(np.stack([f for f, _ in ahead]))[None].to(device),
-                                masks_to_tensor(np.stack([m for _, m in ahead]))[None].to(device))
+            state = model.prime(frames_to_tensor(np.stack([f for f, *_ in ahead]))[None].to(device),
+                                masks_to_tensor(np.stack([m for _, m, *_ in ahead]))[None].to(device))
         images, softs, params, gate = [], [], [], []
-        for frame, mask in chunk:
+        for frame, mask, *ahead in chunk:
             out, soft, p, state = model.step(frames_to_tensor(frame)[None].to(device),
-                                             masks_to_tensor(mask)[None].to(device), state)
+                                             masks_to_tensor(mask)[None].to(device), state, *ahead)
             images.append(tensor_to_frames(out[0]))
             softs.append(tensor_to_frames(soft[0])[..., 0])
             params.append(dict(zip(PARAM_NAMES, p[0].tolist())))
             gate.append(model.analyzer.gate_features(state.stats_ema)[0])
-        return Chunk(images, softs, params, chunk, state, torch.stack(gate).cpu())
+        return Chunk(images, softs, params, [(f, m) for f, m, *_ in chunk], state, torch.stack(gate).cpu())
 
     for pair in pairs:
         pending.append(pair)

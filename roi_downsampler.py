@@ -447,14 +447,14 @@ class ROIDownsampler(nn.Module):
         scale = torch.stack([k if n in ("bg_simplify", "bg_hold") else torch.ones_like(k) for n in PARAM_NAMES], 1)
         return params * scale
 
-    def step(self, frame, mask, state: Optional[DownsamplerState] = None):
+    def step(self, frame, mask, state: Optional[DownsamplerState] = None, prepared: Optional[tuple] = None):
         """One frame (B,3,H,W), uint8 or float in [0, 1], + mask (B,1,H,W) -> (output, soft mask,
-        params, new state).
+        params, new state). ``prepared``: ``prepare(frame, mask)`` when it was made ahead.
 
         Sizes that are not multiples of s are cropped bottom/right (output floor(H/s) x floor(W/s)).
         """
         state = state or DownsamplerState()
-        frame, mask, base, half, roi, roi_half, change = self._analyse(frame, mask, state)
+        frame, base, half, roi, roi_half, change = self._analyse(frame, mask, state, prepared)
         params, ema, stats = self.analyzer(half, roi_half, change, state)
         params = self.effective(params)
         p = dict(zip(PARAM_NAMES, params.unbind(1)))
@@ -514,19 +514,24 @@ class ROIDownsampler(nn.Module):
         out = torch.baddbmm(g * mix.bias.view(1, 3, 1), g * mix.weight.flatten(1), hidden.view(b, h * w, -1).transpose(1, 2))
         return out.view(b, 3, h, w)
 
-    def _analyse(self, frame, mask, state: DownsamplerState):
-        """Crop to a multiple of s (bottom/right) and compute what both the analyser and the
-        rest of step() need: area downscale, its half, the ROI at output and half resolution,
-        and the change since the previous frame."""
+    def prepare(self, frame, mask) -> tuple:
+        """What step() needs of one frame and its mask that does not depend on the state: the frame
+        and mask cropped to a multiple of s (bottom/right), the area downscale and its half, the ROI
+        at output and half resolution. Streaming makes it ahead, on the input thread."""
         s = self.cfg.scale_factor
         H, W = frame.shape[-2:]
         frame, mask = frame[..., : H - H % s, : W - W % s], mask[..., : H - H % s, : W - W % s]
         base = area_pool(frame, s) if frame.is_floating_point() else area_pool_uint8(frame, s)  # the area downscale
         half = area_pool(base, 2)                       # analysis / mask-halo resolution
         roi = max_pool(mask, s)                        # max, not mean: small objects survive
+        return frame, base, half, roi, max_pool(roi, 2)
+
+    def _analyse(self, frame, mask, state: DownsamplerState, prepared: Optional[tuple] = None):
+        """prepare()'s results and the change since the previous frame (half resolution)."""
+        frame, base, half, roi, roi_half = prepared or self.prepare(frame, mask)
         change = (torch.zeros_like(half[:, :1]) if state.prev_base is None
                   else self.temporal.change_map(base, state.prev_base))
-        return frame, mask, base, half, roi, max_pool(roi, 2), change
+        return frame, base, half, roi, roi_half, change
 
     @torch.no_grad()
     def prime(self, frames, masks) -> DownsamplerState:
@@ -538,7 +543,7 @@ class ROIDownsampler(nn.Module):
         latency of that many frames); everything else starts fresh."""
         state = DownsamplerState()
         for t in range(min(frames.shape[1], self.cfg.gate_lookahead)):  # the analyser's part of step() only
-            _, _, base, half, _, roi_half, change = self._analyse(frames[:, t], masks[:, t], state)
+            _, base, half, _, roi_half, change = self._analyse(frames[:, t], masks[:, t], state)
             _, ema, stats = self.analyzer(half, roi_half, change, state)
             state = DownsamplerState(prev_base=base, feature_ema=ema, stats_ema=stats, prev_roi=roi_half,
                                      frames_seen=state.frames_seen + 1)
