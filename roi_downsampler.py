@@ -309,10 +309,15 @@ class AdaptiveMaskHead(nn.Module):
         nn.init.zeros_(self.refine[2].weight)
         nn.init.zeros_(self.refine[2].bias)
 
-    def forward(self, roi, image_half, feather, roi_half=None):
-        """roi: (B,1,h,w) ROI at output resolution; image_half: the output image at half size;
-        roi_half: max_pool(roi, 2) when the caller has it."""
-        roi_half = max_pool(roi, 2) if roi_half is None else roi_half
+    def forward(self, feather, shaped):
+        """The soft map: core and halo (``shape``) with the halo at the predicted strength."""
+        core, halo = shaped
+        return torch.maximum(core, feather.view(-1, 1, 1, 1) * halo)
+
+    def shape(self, roi, image_half, roi_half):
+        """(core, halo at full strength), both at output resolution: all of the head that needs
+        no state (prepare() makes it ahead). roi: (B,1,h,w) ROI at output resolution; image_half:
+        the output image at half size; roi_half: max_pool(roi, 2)."""
         closed = erode(dilate(roi_half, 5), 5)
         size = roi.shape[-2:]
         holes = F.interpolate(closed - roi_half, scale_factor=2, mode="nearest")[..., : size[0], : size[1]]
@@ -320,7 +325,7 @@ class AdaptiveMaskHead(nn.Module):
         logits = 6.0 * (2.0 * closed - 1.0) + self.refine(torch.cat([closed, image_half], 1))
         near = dilate(closed, 9)  # the halo is a border: at most ~16 output pixels from an object
         halo = box_blur(dilate(torch.sigmoid(logits) * near, 5), 5)
-        return torch.maximum(core, feather.view(-1, 1, 1, 1) * upsample(halo, size))
+        return core, upsample(halo, size)
 
 
 class TemporalConsistencyModule(nn.Module):
@@ -454,12 +459,13 @@ class ROIDownsampler(nn.Module):
         Sizes that are not multiples of s are cropped bottom/right (output floor(H/s) x floor(W/s)).
         """
         state = state or DownsamplerState()
-        frame, base, half, roi, roi_half, change = self._analyse(frame, mask, state, prepared)
+        frame, base, half, roi_half, shaped = prepared or self.prepare(frame, mask)
+        change = self.change(base, state)
         params, ema, stats = self.analyzer(half, roi_half, change, state)
         params = self.effective(params)
         p = dict(zip(PARAM_NAMES, params.unbind(1)))
 
-        soft = self.mask_head(roi, half, p["mask_feather"], roi_half)
+        soft = self.mask_head(p["mask_feather"], shaped)
         soft = self.temporal.smooth_mask(soft, state.prev_mask, change)
 
         sharp = self.sharpen(frame, base, soft, p["roi_detail"].view(-1, 1, 1, 1))
@@ -514,10 +520,9 @@ class ROIDownsampler(nn.Module):
         out = torch.baddbmm(g * mix.bias.view(1, 3, 1), g * mix.weight.flatten(1), hidden.view(b, h * w, -1).transpose(1, 2))
         return out.view(b, 3, h, w)
 
-    def prepare(self, frame, mask) -> tuple:
-        """What step() needs of one frame and its mask that does not depend on the state: the frame
-        and mask cropped to a multiple of s (bottom/right), the area downscale and its half, the ROI
-        at output and half resolution. Streaming makes it ahead, on the input thread."""
+    def pooled(self, frame, mask) -> tuple:
+        """The frame and mask cropped to a multiple of s (bottom/right), the area downscale and its
+        half, the ROI at output and half resolution."""
         s = self.cfg.scale_factor
         H, W = frame.shape[-2:]
         frame, mask = frame[..., : H - H % s, : W - W % s], mask[..., : H - H % s, : W - W % s]
@@ -526,12 +531,18 @@ class ROIDownsampler(nn.Module):
         roi = max_pool(mask, s)                        # max, not mean: small objects survive
         return frame, base, half, roi, max_pool(roi, 2)
 
-    def _analyse(self, frame, mask, state: DownsamplerState, prepared: Optional[tuple] = None):
-        """prepare()'s results and the change since the previous frame (half resolution)."""
-        frame, base, half, roi, roi_half = prepared or self.prepare(frame, mask)
-        change = (torch.zeros_like(half[:, :1]) if state.prev_base is None
-                  else self.temporal.change_map(base, state.prev_base))
-        return frame, base, half, roi, roi_half, change
+    def prepare(self, frame, mask) -> tuple:
+        """All that step() does with one frame and its mask that needs no state: ``pooled`` and
+        the mask head's core and halo -- a third of the work. Streaming makes it ahead, on the
+        input thread (engine.prepared)."""
+        frame, base, half, roi, roi_half = self.pooled(frame, mask)
+        return frame, base, half, roi_half, self.mask_head.shape(roi, half, roi_half)
+
+    def change(self, base, state: DownsamplerState):
+        """The change since the previous frame, at half resolution (none at the first)."""
+        if state.prev_base is None:
+            return torch.zeros_like(base[:, :1, ::2, ::2])
+        return self.temporal.change_map(base, state.prev_base)
 
     @torch.no_grad()
     def prime(self, frames, masks) -> DownsamplerState:
@@ -543,8 +554,8 @@ class ROIDownsampler(nn.Module):
         latency of that many frames); everything else starts fresh."""
         state = DownsamplerState()
         for t in range(min(frames.shape[1], self.cfg.gate_lookahead)):  # the analyser's part of step() only
-            _, base, half, _, roi_half, change = self._analyse(frames[:, t], masks[:, t], state)
-            _, ema, stats = self.analyzer(half, roi_half, change, state)
+            _, base, half, _, roi_half = self.pooled(frames[:, t], masks[:, t])
+            _, ema, stats = self.analyzer(half, roi_half, self.change(base, state), state)
             state = DownsamplerState(prev_base=base, feature_ema=ema, stats_ema=stats, prev_roi=roi_half,
                                      frames_seen=state.frames_seen + 1)
         return DownsamplerState(stats_ema=state.stats_ema, frames_seen=state.frames_seen)
