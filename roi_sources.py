@@ -461,6 +461,10 @@ class MotionSource:
         return m
 
     def mask(self, frame: np.ndarray, name: Optional[str] = None) -> np.ndarray:
+        return full_size(self.moving(frame), frame.shape[:2])
+
+    def moving(self, frame: np.ndarray) -> np.ndarray:
+        """What moves in this frame: a 0/1 float mask at the work resolution."""
         h, w = frame.shape[:2]
         width = min(self.work_width, w)
         small = cv2.resize(frame, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
@@ -489,7 +493,29 @@ class MotionSource:
         solid = np.zeros_like(fg)
         cv2.drawContours(solid, [cv2.convexHull(c) for c in contours], -1, 255, thickness=cv2.FILLED)
         solid = cv2.dilate(solid, self.kernel)
-        return cv2.resize((solid > 0).astype(np.float32), (w, h), interpolation=cv2.INTER_NEAREST)
+        return (solid > 0).astype(np.float32)
+
+
+def full_size(small: np.ndarray, size) -> np.ndarray:
+    """A work-resolution mask brought to the frame's (h, w) size, nearest neighbour."""
+    return cv2.resize(small, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+
+
+@functools.lru_cache(maxsize=16)
+def _nearest_counts(n_small: int, n_full: int) -> np.ndarray:
+    """How many of n_full rows (or columns) full_size takes from each of n_small."""
+    index = cv2.resize(np.arange(n_small, dtype=np.float32)[None], (n_full, 1), interpolation=cv2.INTER_NEAREST)[0]
+    return np.bincount(index.astype(np.int64), minlength=n_small)
+
+
+def full_size_share(small: np.ndarray, size) -> float:
+    """full_size(small, size).mean() of a 0/1 mask, without making the full-size mask: its count of
+    ones from the small one, divided as numpy's float32 mean divides its (exact, below 2**24 pixels) sum."""
+    h, w = size
+    if h * w >= 2 ** 24:
+        return float(full_size(small, size).mean())
+    count = int(_nearest_counts(small.shape[0], h) @ small.astype(np.int64) @ _nearest_counts(small.shape[1], w))
+    return float(np.float32(count) / np.float32(h * w))
 
 
 class StillCameraUnion:
@@ -515,13 +541,13 @@ class StillCameraUnion:
         self.beside = ThreadPoolExecutor(1, thread_name_prefix="motion")
 
     def mask(self, frame: np.ndarray, name: Optional[str] = None) -> np.ndarray:
-        moving_soon = self.beside.submit(self.motion.mask, frame)
+        moving_soon = self.beside.submit(self.motion.moving, frame)
         found = self.detector.mask(frame, name)
-        moving = moving_soon.result()
+        moving, size = moving_soon.result(), frame.shape[:2]  # brought to full size only when it is used
         self.seen += 1
-        self.moving_share += (float(moving.mean()) - self.moving_share) / min(self.seen, self.WINDOW)
+        self.moving_share += (full_size_share(moving, size) - self.moving_share) / min(self.seen, self.WINDOW)
         if self.motion.drift <= self.STILL_DRIFT and self.moving_share <= self.MAX_MOVING_SHARE:
-            return np.maximum(found, moving)
+            return np.maximum(found, full_size(moving, size))
         return found
 
 
