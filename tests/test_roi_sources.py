@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from roi_sources import (KeyframeSource, MaskFolderSource, MotionSource, RoiOptions, StillCameraUnion, YoloSegmenter,
-                         check_roi_options, class_ids, load_yolo, make_roi_source)
+                         check_roi_options, class_ids, full_size, full_size_share, load_yolo, make_roi_source)
 from video_io import write_png
 from errors import UserError
 from conftest import moving_square_frames
@@ -134,3 +134,15 @@ def test_a_class_typo_is_said_even_when_the_weights_are_missing(tmp_path, capsys
         assert used == "motion" and any("missing-seg.pt" in w for w in warnings)
         typo = [w for w in warnings if "--roi_classes" in w]
         assert bool(typo) == said and (not said or "--roi_classes: persn is no COCO class" in typo[0])
+
+
+@pytest.mark.parametrize("size", [(720, 1280), (481, 853), (1080, 1920)])
+def test_moving_share_counted_at_work_resolution_equals_the_full_size_mean(size):
+    """The still-camera union decides from the share of the view that moves without making the
+    full-size motion mask: the very float numpy's mean of that mask gives (it is compared with a
+    threshold, so anything else could flip a decision)."""
+    rng = np.random.default_rng(0)
+    h, w = size
+    for density in (0.0, 0.01, 0.05, 0.3, 1.0):
+        small = (rng.random((round(h * 320 / w), 320)) < density).astype(np.float32)
+        assert full_size_share(small, size) == float(full_size(small, size).mean())
