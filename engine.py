@@ -119,8 +119,8 @@ class Chunk:
 
 def prepared(model: ROIDownsampler, pairs: Iterable, device="cpu") -> Iterator[tuple]:
     """(frame, mask) pairs -> (frame, mask, model.prepare(...)): the network's work on a frame that
-    needs no state (area downscale, ROI pooling), done where the pairs are made -- under prefetch,
-    on the input thread, beside the network's thread (the busiest)."""
+    needs no state (area downscale, ROI pooling, the mask head's core and halo), done where the
+    pairs are made -- under prefetch, on the input thread, beside the network's."""
     for frame, mask in pairs:
         with torch.no_grad():  # grad mode is per thread
             yield frame, mask, model.prepare(frames_to_tensor(frame)[None].to(device),
