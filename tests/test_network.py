@@ -160,6 +160,8 @@ def test_fast_pooling_ops_equal_torch_reference(shape):
         assert torch.equal(erode(x, k), 1 - F.max_pool2d(F.pad(1 - x, (r, r, r, r), value=1.0), k, stride=1))
         ref = F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)
         assert torch.allclose(box_blur(x, k), ref, atol=1e-6)
+        pool = lambda z, kernel, pad: F.avg_pool2d(z, kernel, stride=1, padding=pad, count_include_pad=False)
+        assert torch.equal(box_blur(x, k), pool(pool(x, (1, k), (0, r)), (k, 1), (r, 0)))  # its separable floats
     for s in (2, 4):
         assert torch.equal(max_pool(x, s), F.max_pool2d(x, s, ceil_mode=True))
         assert torch.allclose(area_pool(x, s), F.avg_pool2d(x, s, ceil_mode=True), atol=1e-6)  # OpenCV's if it can
