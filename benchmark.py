@@ -361,7 +361,8 @@ def bench_threads(threads: Optional[int] = None, frames: int = 300):
         print(res.stderr[-2000:])
         raise SystemExit("thread benchmark failed")
     r = json.loads(line[0][len("THREADS "):])
-    what = {"MainThread": "main (start-up, network)", "input": "input (read, detector, flow)",
+    what = {"MainThread": "main (start-up, the network's stateful part)",
+            "input": "input (read, detector, flow, the network's stateless part)",
             "writer": "writer (closed loop, x264, measuring)", "motion_0": "motion"}
     groups: dict = {}
     for name, seconds in r["cpu"].items():
