@@ -123,8 +123,8 @@ def prepared(model: ROIDownsampler, pairs: Iterable, device="cpu") -> Iterator[t
     pairs are made -- under prefetch, on the input thread, beside the network's."""
     for frame, mask in pairs:
         with torch.no_grad():  # grad mode is per thread
-            yield frame, mask, model.prepare(frames_to_tensor(frame)[None].to(device),
-                                             masks_to_tensor(mask)[None].to(device))
+            ready = model.prepare(frames_to_tensor(frame)[None].to(device), masks_to_tensor(mask)[None].to(device))
+        yield frame, mask, ready
 
 
 @torch.no_grad()

@@ -298,8 +298,8 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
                     debug = cfg.debug and n % cfg.debug_every == 0
                     carried = (frame, mask) if debug else None  # full-resolution frames only travel when needed
                     # the area reference is made on the output thread: the network's thread is the busiest
-                    jobs.submit(lambda i=n, f=frame, a=(img, soft, carried): decide_and_write(
-                        decider.add(i, {"area": area_downscale(f, cfg.scale_factor), "model": a[0]}, *a[1:])))
+                    jobs.submit(lambda i=n, f=frame, img=img, soft=soft, carried=carried: decide_and_write(
+                        decider.add(i, {"area": area_downscale(f, cfg.scale_factor), "model": img}, soft, carried)))
                     params_log.append(params)
                     n += 1
         jobs.submit(lambda: decide_and_write(decider.flush()))
