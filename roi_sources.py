@@ -151,6 +151,9 @@ def load_yolo(seg_model_path: str, task: str = "segment", flag: str = "--seg_mod
     from ultralytics.utils import LOGGER, is_online
     from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
     path = Path(seg_model_path)
+    if path.suffix.lower() not in (".pt", ".onnx", ".yaml"):  # Ultralytics would fail at the first frame
+        raise UserError(f"{path}: not a YOLO model file ({path.suffix or 'no extension'}); pass an Ultralytics "
+                        f".pt or an exported .onnx as {flag}")
     if path.suffix.lower() == ".onnx":
         try:
             import onnxruntime  # noqa: F401  (Ultralytics would try to pip-install it at run time)

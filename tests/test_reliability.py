@@ -336,6 +336,18 @@ def test_a_file_renamed_onnx_is_one_line(tmp_path, ckpt, capsys, content):
     assert one_line_error(code, err) and "seg.onnx" in err and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("name", ["clip.mp4", "weights"])
+def test_a_segmenter_that_is_no_model_file_is_one_line(tmp_path, ckpt, capsys, name):
+    """A video or an extensionless file given as the segmenter: Ultralytics accepts the name and
+    fails only at the first frame, on the input thread, with a traceback."""
+    bad = tmp_path / name
+    bad.write_bytes(b"\x00" * 64)
+    clip, _ = clip_folder(tmp_path, n=3)
+    code, err = run(["--input_dir", clip, "--output_dir", tmp_path / "out", "--checkpoint_path", ckpt,
+                     "--seg_model_path", bad], capsys)
+    assert one_line_error(code, err) and name in err and ".pt" in err and not (tmp_path / "out").exists()
+
+
 def test_leftovers_of_a_killed_run_are_removed_by_the_next(tmp_path, ckpt, capsys):
     clip, _ = clip_folder(tmp_path, n=3)
     stale = tmp_path / ".out.partial-abc123"
