@@ -117,13 +117,17 @@ class Chunk:
     gate_features: torch.Tensor  # (T, 4) what the background gate saw, per frame
 
 
-def prepared(model: ROIDownsampler, pairs: Iterable, device="cpu") -> Iterator[tuple]:
+def prepared(model: ROIDownsampler, pairs: Iterable, device="cpu", seconds: dict | None = None) -> Iterator[tuple]:
     """(frame, mask) pairs -> (frame, mask, model.prepare(...)): the network's work on a frame that
     needs no state (area downscale, ROI pooling, the mask head's core and halo), done where the
-    pairs are made -- under prefetch, on the input thread, beside the network's."""
+    pairs are made -- under prefetch, on the input thread, beside the network's. The time it takes
+    is added to seconds["prepare"]."""
     for frame, mask in pairs:
+        t = time.perf_counter()
         with torch.no_grad():  # grad mode is per thread
             ready = model.prepare(frames_to_tensor(frame)[None].to(device), masks_to_tensor(mask)[None].to(device))
+        if seconds is not None:
+            seconds["prepare"] = seconds.get("prepare", 0.0) + time.perf_counter() - t
         yield frame, mask, ready
 
 

@@ -285,8 +285,8 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
         with tqdm(total=reader.info.num_frames or None, desc=f"downsampling {seq_path.name}", unit="frame") as bar:
             waited, names, first = {}, [], None  # first: (time, frames) of the first output chunk
             frames_in = read_frames(reader, source, cfg.scale_factor, seconds, bar, names)
-            chunks = engine.stream(model, engine.prefetch(engine.prepared(model, frames_in, device), waited=waited),
-                                   cfg.batch_size, device)
+            ahead = engine.prepared(model, frames_in, device, seconds)  # the network's stateless third
+            chunks = engine.stream(model, engine.prefetch(ahead, waited=waited), cfg.batch_size, device)
             while True:
                 t = time.perf_counter()
                 chunk = next(chunks, None)

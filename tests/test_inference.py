@@ -43,7 +43,7 @@ def test_frame_folder_output_contract(tmp_path, frame_folder, ckpt):
     assert len(list(r)) == 6 and (r.info.width, r.info.height) == (32, 24)
     report = json.loads((out / "report.json").read_text())
     assert report["roi_source"] == "masks" and report["frames"] == 6 and report["video_bytes"] > 0
-    assert set(report["stage_fps"]) == {"read", "segment", "downsample", "write"}
+    assert set(report["stage_fps"]) == {"read", "segment", "prepare", "downsample", "write"}
     assert report["overall_fps"] > 0 and report["steady_fps"] is None  # all 6 in the first output (8-frame look-ahead)
     assert len(report["parameters"]) == 6 and "bg_simplify" in report["parameters"][0]
     soft = read_image_rgb(masks[2])[..., 0]
