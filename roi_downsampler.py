@@ -231,6 +231,18 @@ def box_blur(x: torch.Tensor, k: int) -> torch.Tensor:
     return _window_mean(_window_mean(x, k, -1), k, -2)
 
 
+def _blocks(pixels: np.ndarray, s: int) -> np.ndarray:
+    """(B, H, W, C) images -> (B*h*w, s*s*C): their s x s blocks, each in (row, column, channel)
+    order. A block's row is s*C values in a row of the image: each is copied as one unit (1.5x
+    faster than value by value)."""
+    b, H, W, c = pixels.shape
+    h, w = H // s, W // s
+    rows = pixels.reshape(b, H, W * c)  # a copy only where a row's values are not contiguous
+    units = rows.view(np.dtype((np.void, s * c * pixels.itemsize)))  # (B, H, w)
+    blocks = np.ascontiguousarray(units.reshape(b, h, s, w).transpose(0, 1, 3, 2))  # (B, h, w, s)
+    return blocks.view(pixels.dtype).reshape(-1, s * s * c)
+
+
 class SequenceAnalyzer(nn.Module):
     """Summarises the clip so far and predicts the downsampling parameters.
 
@@ -523,13 +535,13 @@ class ROIDownsampler(nn.Module):
         the weights."""
         s, (conv, mix) = self.cfg.scale_factor, (self.detail[0], self.detail[2])
         b, _, h, w = x.shape[0], x.shape[1], x.shape[2] // s, x.shape[3] // s
-        pixels = x.movedim(1, -1).reshape(b, h, s, w, s, 3)
-        if x.device.type == "cpu":  # numpy's transposing copy is ~2x faster than torch's here
-            blocks = torch.from_numpy(np.ascontiguousarray(pixels.numpy().transpose(0, 1, 3, 2, 4, 5)))
+        pixels = x.movedim(1, -1)  # (B, H, W, 3): as decoded, the rows of the frame
+        if x.device.type == "cpu":  # numpy: its copies are ~2x faster than torch's here
+            blocks = torch.from_numpy(_blocks(pixels.numpy(), s).astype(np.float32, copy=False))
         else:
-            blocks = pixels.permute(0, 1, 3, 2, 4, 5).contiguous()
+            blocks = pixels.reshape(b, h, s, w, s, 3).permute(0, 1, 3, 2, 4, 5).reshape(-1, s * s * 3).float()
         w1 = conv.weight.permute(0, 2, 3, 1).flatten(1).t() * (1.0 if x.is_floating_point() else 1 / 255)
-        hidden = torch.relu_(torch.addmm(conv.bias, blocks.view(-1, w1.shape[0]).float(), w1))  # (B*h*w, c)
+        hidden = torch.relu_(torch.addmm(conv.bias, blocks, w1))  # (B*h*w, c)
         g = gain.reshape(b, 1, 1)
         out = torch.baddbmm(g * mix.bias.view(1, 3, 1), g * mix.weight.flatten(1), hidden.view(b, h * w, -1).transpose(1, 2))
         return out.view(b, 3, h, w)
