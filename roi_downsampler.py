@@ -101,6 +101,13 @@ def upsample(x: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def repeat_pixels(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Each pixel of (B,C,h,w) as a k x k block: nearest-neighbour upscaling by k (F.interpolate's
+    "nearest" at an integer factor, without its index arithmetic)."""
+    b, c, h, w = x.shape
+    return x[:, :, :, None, :, None].expand(b, c, h, k, w, k).reshape(b, c, h * k, w * k)
+
+
 def coarse_background(base: torch.Tensor, coarseness: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Wide blur of the background: 1/4, 1/8 and 1/16 versions of `base` mixed by `coarseness`
     with Bernstein weights ((1-c)^2, 2c(1-c), c^2: 0 -> 1/4, 1 -> 1/16; smooth, so the
@@ -345,7 +352,7 @@ class AdaptiveMaskHead(nn.Module):
         the output image at half size; roi_half: max_pool(roi, 2)."""
         closed = erode(dilate(roi_half, 5), 5)
         size = roi.shape[-2:]
-        holes = F.interpolate(closed - roi_half, scale_factor=2, mode="nearest")[..., : size[0], : size[1]]
+        holes = repeat_pixels(closed - roi_half, 2)[..., : size[0], : size[1]]
         core = torch.maximum(roi, holes)  # only holes are added: the outline does not grow
         features = torch.cat([closed, image_half], 1).contiguous(memory_format=torch.channels_last)
         logits = 6.0 * (2.0 * closed - 1.0) + self.refine(features).contiguous()  # channels_last: ~10 % faster
@@ -403,7 +410,7 @@ class TemporalConsistencyModule(nn.Module):
             stale = stale | (upsample(dilate(moved, 3), size) > thr)
         if roi is not None:  # near an object the coarse background shifts as it moves: never held there
             near = dilate(max_pool(roi, 4), 9) > 0.05  # ~16 output pixels around it, at quarter resolution
-            stale = stale | F.interpolate(near.float(), scale_factor=4, mode="nearest")[..., : size[0], : size[1]].bool()
+            stale = stale | repeat_pixels(near, 4)[..., : size[0], : size[1]]
         h = hold.view(-1, 1, 1, 1) * torch.exp(-diff / thr) * (~stale)
         return background - h * step  # = background + h * (prev_background - background), exactly
 
@@ -516,8 +523,8 @@ class ROIDownsampler(nn.Module):
             return base + gain * self.detail(as_float(frame).contiguous(memory_format=torch.channels_last)).contiguous()
         if gain.max() <= 1e-6:
             return base
-        covered = (soft > 0).any(1).any(0)  # (h, w) over the batch
-        rows, cols = torch.nonzero(covered.any(1)), torch.nonzero(covered.any(0))
+        reach = soft.amax((0, 1))  # (h, w) over the batch
+        rows, cols = torch.nonzero(reach.amax(1) > 0), torch.nonzero(reach.amax(0) > 0)
         if len(rows) == 0:
             return base
         r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
