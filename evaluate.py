@@ -118,7 +118,7 @@ class Detector:
         level = LOGGER.level
         LOGGER.setLevel("WARNING")
         try:
-            r = self.model.predict(frame[..., ::-1], imgsz=self.imgsz, conf=0.25, verbose=False)[0]
+            r = self.model.predict(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), imgsz=self.imgsz, conf=0.25, verbose=False)[0]
         finally:
             LOGGER.setLevel(level)
         return [(int(c), *map(float, b), float(p)) for c, b, p in

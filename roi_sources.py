@@ -350,7 +350,8 @@ class YoloSegmenter:
         level, threads = LOGGER.level, torch.get_num_threads()
         LOGGER.setLevel("WARNING")  # its "Loading ... for ONNX Runtime" lines at the first call
         try:
-            result = self.model.predict(frame[..., ::-1], imgsz=self.imgsz, conf=self.conf, classes=self.classes,
+            bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)  # frame[..., ::-1] cost a 3 ms copy (720p) inside
+            result = self.model.predict(bgr, imgsz=self.imgsz, conf=self.conf, classes=self.classes,
                                         device=self.device, verbose=False, predictor=self.predictor)[0]
         finally:
             LOGGER.setLevel(level)
