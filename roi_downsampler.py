@@ -193,14 +193,20 @@ def max_pool(x: torch.Tensor, s: int) -> torch.Tensor:
     return out
 
 
-def _running_max(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
-    """Max over a centred window of k along dim, borders padded with -inf (a 1-D max filter)."""
+def _along_window(x: torch.Tensor, k: int, dim: int, combine, outside: float) -> torch.Tensor:
+    """combine(...) of the k values in a centred window along dim, left to right, the outside
+    padded with `outside`: a 1-D filter as k shifted views of the whole tensor."""
     r, n = k // 2, x.shape[dim]
-    padded = F.pad(x, (r, r) if dim == -1 else (0, 0, r, r), value=float("-inf"))
+    padded = F.pad(x, (r, r) if dim == -1 else (0, 0, r, r), value=outside)
     out = padded.narrow(dim, 0, n)
     for i in range(1, k):
-        out = torch.maximum(out, padded.narrow(dim, i, n))
+        out = combine(out, padded.narrow(dim, i, n))
     return out
+
+
+def _running_max(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """Max over a centred window of k along dim, borders padded with -inf (a 1-D max filter)."""
+    return _along_window(x, k, dim, torch.maximum, float("-inf"))
 
 
 def dilate(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -224,10 +230,7 @@ def _window_mean(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
     (count_include_pad=False) very floats -- the same additions in the same order, zeros for the
     outside -- ~5x faster on CPU."""
     r, n = k // 2, x.shape[dim]
-    padded = F.pad(x, (r, r) if dim == -1 else (0, 0, r, r))
-    total = padded.narrow(dim, 0, n)
-    for i in range(1, k):
-        total = total + padded.narrow(dim, i, n)
+    total = _along_window(x, k, dim, torch.add, 0.0)
     j = torch.arange(n, device=x.device)
     count = ((j + r).clamp(max=n - 1) - (j - r).clamp(min=0) + 1).to(x.dtype)
     return total / (count if dim == -1 else count[:, None])
@@ -474,7 +477,7 @@ class ROIDownsampler(nn.Module):
         if not torch.is_grad_enabled() and bool((alpha == 1.0).all()):  # no block is below the floor
             return background
         size = background.shape[-2:]
-        alpha = alpha.repeat_interleave(block, 2).repeat_interleave(block, 3)[..., : size[0], : size[1]]
+        alpha = repeat_pixels(alpha, block)[..., : size[0], : size[1]]
         return base + alpha * (background - base)
 
     def effective(self, params):
