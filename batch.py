@@ -6,9 +6,10 @@
 
 OUT/<name>/ holds each video's result (video.mp4, report.json, ...); OUT/summary.csv and
 summary.json hold one row per video: status (done, skipped: already complete, failed), the
-one-line error, frames, bytes, bytes against area at the same CRF with both object qualities, and
-frames/s. A task whose worker died is retried once (Ray's max_retries); a bad video is recorded
-and the others go on; the run exits 1 when any failed. Running it again skips complete results.
+one-line error, frames, bytes, the closed loop's estimate of bytes against area at the same CRF
+(with --compare_area: measured, with both object qualities), and frames/s. A task whose worker
+died is retried once (Ray's max_retries); a bad video is recorded and the others go on; the run
+exits 1 when any failed. Running it again skips complete results.
 Workers must see the input paths and OUT (a shared file system) and the model files.
 """
 from __future__ import annotations
@@ -26,8 +27,8 @@ from errors import UserError
 from video_io import atomic_write_bytes, check_apart, is_result_folder, is_video_file, list_frame_files
 
 BATCH_MARKER = ".roi_downsampler_batch"
-FIELDS = ("name", "input", "status", "error", "frames", "video_bytes", "area_video_bytes", "bytes_vs_area_pct",
-          "roi_psnr", "area_roi_psnr", "overall_fps")
+FIELDS = ("name", "input", "status", "error", "frames", "video_bytes", "trial_bytes_vs_area_pct", "area_video_bytes",
+          "bytes_vs_area_pct", "roi_psnr", "area_roi_psnr", "overall_fps")
 
 
 def list_inputs(path: Path) -> list[tuple[str, Path]]:

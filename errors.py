@@ -109,3 +109,16 @@ class no_interrupts:
             signal.signal(sig, handler)
         if self.pending and exc[0] is None:
             raise Terminated() if self.pending[-1] == signal.SIGTERM else KeyboardInterrupt()
+
+
+def exit_now(code: int) -> None:
+    """End a CLI whose work is done -- every output written, closed and moved into place -- without
+    the interpreter's teardown: collecting the garbage of torch's module graph took ~0.4 s of every
+    run. The standard streams are flushed first; nothing else of ours is pending by then."""
+    import os
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said on it
+            pass
+    os._exit(code if isinstance(code, int) else 1)

@@ -187,14 +187,15 @@ def run_inference(tmp_path, ckpt, name, *extra, scene=None):
 
 def test_video_mp4_has_fewer_bytes_than_area_at_the_same_crf_and_the_same_object_quality(tmp_path, strong_ckpt):
     """The last line's comparison is measured on the decoded streams."""
-    r = run_inference(tmp_path, strong_ckpt, "loop", scene=dict(noise=10.0, **BIG))
+    r = run_inference(tmp_path, strong_ckpt, "loop", "--compare_area", scene=dict(noise=10.0, **BIG))
     assert r["video_bytes"] < 0.9 * r["area_video_bytes"] and r["bytes_vs_area_pct"] < -10
     assert r["roi_psnr"] >= r["area_roi_psnr"] - 0.3 and r["bg_psnr"] < r["area_bg_psnr"]
     delta = r["background_crf_delta"][0]
     assert delta > 0 and r["background_crf"] == 29
     x, y, w, h = r["x264_regions"][0][0][0]
     assert x % 16 == 0 and y % 16 == 0 and r["x264_regions"][0][-1] == [[0, 0, 128, 96], delta / 51]
-    same = run_inference(tmp_path, strong_ckpt, "same", "--background_crf", "same", scene=dict(noise=10.0, **BIG))
+    same = run_inference(tmp_path, strong_ckpt, "same", "--background_crf", "same", "--compare_area",
+                         scene=dict(noise=10.0, **BIG))
     assert same["x264_regions"] == [[]] * 16 and same["bytes_vs_area_pct"] == 0.0
 
 

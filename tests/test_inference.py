@@ -51,11 +51,17 @@ def test_frame_folder_output_contract(tmp_path, frame_folder, ckpt):
     assert (soft[square] >= 250).all()  # the moving square is fully on the sharp path
 
 
-def test_default_output_is_the_video_and_its_report(tmp_path, frame_folder, ckpt):
+def test_default_output_is_the_video_and_its_report(tmp_path, frame_folder, ckpt, capsys):
+    """No second encode by default: the last line gives the closed loop's estimate, and says so."""
     out = tmp_path / "out"
     code, _ = run(["--input_dir", frame_folder, "--output_dir", out, "--checkpoint_path", ckpt,
                    "--roi_source", "motion"])
     assert code == 0 and sorted(p.name for p in out.iterdir()) == [".roi_downsampler_result", "report.json", "video.mp4"]
+    report = json.loads((out / "report.json").read_text())
+    assert "area_video_bytes" not in report and "roi_psnr" not in report
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"{report['trial_bytes_vs_area_pct']:+.1f}% vs plain area downscaling at CRF 23 as the closed loop's " \
+           f"trials estimate it, --compare_area measures it" in last
 
 
 def test_odd_size_video_input_and_fps(tmp_path, ckpt):

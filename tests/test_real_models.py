@@ -139,7 +139,7 @@ def test_inference_with_a_real_segmenter_end_to_end(tmp_path, model, seq, n, k, 
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["roi_source"] == "yolo+motion" and report["frames"] == n and report["seg_imgsz"] == size
-    assert report["area_video_bytes"] > 0 and report["roi_options"]["keyframe_interval"] == k
+    assert report["trial_bytes_vs_area_pct"] is not None and report["roi_options"]["keyframe_interval"] == k
     assert report["seg_runtime"] == "onnxruntime"  # the .pt too: exported for ONNX Runtime by default
     assert (report["steady_fps"] or 0) > 0 if n > 8 else report["steady_fps"] is None  # after the 8-frame look-ahead
     for i in checked:

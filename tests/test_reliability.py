@@ -416,6 +416,25 @@ def test_ctrl_c_while_the_libraries_load_is_one_line(tmp_path, script):
     assert proc.returncode == 130 and err.strip().splitlines() == ["interrupted: nothing was written"], err
 
 
+def test_the_cli_leaves_without_teardown_but_says_everything(tmp_path, frame_folder):
+    """inference.py ends by os._exit (errors.exit_now): its last line and its one-line errors still
+    reach a pipe (block-buffered), and the result is complete."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    cmd = [sys.executable, str(repo / "inference.py"), "--input_dir", str(frame_folder), "--roi_source", "motion"]
+    done = subprocess.run([*cmd, "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path,
+                          env=env)
+    assert done.returncode == 0 and done.stdout.strip().splitlines()[-1].startswith("wrote 6 frames"), done.stderr
+    assert (tmp_path / "out" / "video.mp4").is_file() and (tmp_path / "out" / "report.json").is_file()
+    failed = subprocess.run([*cmd, "--output_dir", str(tmp_path / "bad"), "--crf", "60"], capture_output=True,
+                            text=True, cwd=tmp_path, env=env)
+    assert failed.returncode == 2 and failed.stderr.strip().splitlines() == ["error: --crf must be in 0..51, got 60"]
+
+
 def test_a_second_ctrl_c_waits_for_the_checkpoint_being_saved(tmp_path):
     import os
     import signal
