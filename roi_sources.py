@@ -342,20 +342,26 @@ class YoloSegmenter:
         self.runtime = getattr(model, "runtime", "torch")  # torch or onnxruntime (load_yolo)
         self.classes = class_ids(model, roi_classes)
         self.predictor = quick_predictor(model)
+        # Ultralytics loads the weights (for ONNX Runtime: builds its session, ~0.15 s) at the first
+        # predict: done now, on a tiny image (at a fixed-size export's own size), so that loading is
+        # start-up, not the first frame's time, and a model that cannot run fails before any frame
+        self._predict(np.zeros((32, 32, 3), np.uint8), imgsz=getattr(model, "fixed_imgsz", None) or 32)
 
-    def segment(self, frame: np.ndarray) -> np.ndarray:
+    def _predict(self, bgr: np.ndarray, imgsz: int):
         import torch
         from ultralytics.utils import LOGGER
-        h, w = frame.shape[:2]
         level, threads = LOGGER.level, torch.get_num_threads()
         LOGGER.setLevel("WARNING")  # its "Loading ... for ONNX Runtime" lines at the first call
         try:
-            bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)  # frame[..., ::-1] cost a 3 ms copy (720p) inside
-            result = self.model.predict(bgr, imgsz=self.imgsz, conf=self.conf, classes=self.classes,
-                                        device=self.device, verbose=False, predictor=self.predictor)[0]
+            return self.model.predict(bgr, imgsz=imgsz, conf=self.conf, classes=self.classes, device=self.device,
+                                      verbose=False, predictor=self.predictor)[0]
         finally:
             LOGGER.setLevel(level)
             torch.set_num_threads(threads)  # its first predict sets min(8, cores - 1): 1 thread on 2 cores
+
+    def segment(self, frame: np.ndarray) -> np.ndarray:
+        h, w = frame.shape[:2]
+        result = self._predict(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), self.imgsz)  # frame[..., ::-1]: a 3 ms copy inside
         mask = np.zeros((h, w), np.uint8)
         if result.masks is not None:
             for poly in result.masks.xy:
