@@ -120,7 +120,7 @@ LEAVE_BY_RAISING = "import os\n_exit = os._exit\ndef _leave(code):\n    raise Sy
 
 def _timed_process(args: list[str]) -> tuple[float, float]:
     """(wall seconds, peak RSS MB) of one child process."""
-    code = (f"import os, runpy, sys\nsys.argv = {args!r}\n" + LEAVE_BY_RAISING +
+    code = (f"import runpy, sys\nsys.argv = {args!r}\n" + LEAVE_BY_RAISING +
             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
             "except SystemExit as e:\n    assert not e.code, e.code\n" + PEAK_LINE + "\nsys.stdout.flush()\n_exit(0)")
     t = time.perf_counter()

@@ -211,9 +211,9 @@ class OrderedWorker:
 
 
 class SequenceWriter:
-    """The output contract of one sequence, a decided frame at a time: video.mp4, plain area
-    downscaling at --crf for comparison (both decoded as they are written and measured against
-    area downscaling), PNG frames and masks on request, debug side-by-sides."""
+    """The output contract of one sequence, a decided frame at a time: video.mp4; with
+    --compare_area also plain area downscaling at --crf (both decoded as they are written and
+    measured against area downscaling); PNG frames and masks on request, debug side-by-sides."""
 
     def __init__(self, out_dir: Path, fps: float, cfg: InferenceConfig):
         self.out_dir, self.cfg = out_dir, cfg
