@@ -335,7 +335,7 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
         "x264_regions": [[[list(r), q] for r, q in regs] for regs in writer.regions], **decider.report(),
         "stage_fps": {k: (n / v if v > 0 else None) for k, v in seconds.items()},
         "overall_fps": n / elapsed, "seconds": elapsed, "parameters": params_log,
-        # after start-up (the gate's look-ahead, the detector's first call): frames/s from the first output on
+        # after start-up (the gate's look-ahead, a first chunk's worth of frames): frames/s from the first output on
         "steady_fps": (n - first[1]) / (end - first[0]) if first and n > first[1] else None,
     }
 
