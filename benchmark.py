@@ -16,12 +16,15 @@
 The float segmenter is models/yolov8n-seg.pt, else ../shared/models/yolov8n-seg-dq.pt (the same
 network), else the yolov8n-seg architecture built from its yaml (random weights, the same cost);
 the int8 ONNX export is timed when ../shared has it. Every pipeline run writes what a default run
-writes (video.mp4, the area comparison, report.json), the closed loop included.
+writes (video.mp4, report.json), the closed loop included. The first line names the CPU and the
+torch build: the same code has run 3x slower on one 2-core machine than on another, and a CUDA
+build of torch holds far more memory than its CPU build (README, Speed and memory).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -68,6 +71,15 @@ def bench_network(threads: int, repeats: int = 30):
     print(f"network forward, 1280x720 -> 640x360, {threads} threads: median {1000 * statistics.median(times):.1f} ms "
           f"(p90 {1000 * sorted(times)[int(0.9 * len(times))]:.1f} ms)")
     print(f"cv2.resize INTER_AREA, same frame (uint8): median {1000 * statistics.median(cv_times):.2f} ms")
+
+
+def machine() -> str:
+    """What the numbers were measured on: the CPU, the cores this process may use, the torch build."""
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
+               None) if Path("/proc/cpuinfo").is_file() else None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"machine: {cpu or 'unknown CPU'}, {cores} cores; torch {torch.__version__} "
+            f"({'a CUDA' if torch.version.cuda else 'the CPU'} build)")
 
 
 def _clip_720p(n: int) -> Path:
@@ -225,6 +237,10 @@ def bench_memory(threads: Optional[int] = None):
                                              f"{out}/run", *flags, *_threads_flag(threads)])[1])
         print(f"inference peak RSS, 1280x720, {name}: 60 frames {peaks[0]:.0f} MB, 600 frames {peaks[1]:.0f} MB "
               f"({100 * (peaks[1] / peaks[0] - 1):+.1f}%)")
+    res = subprocess.run([sys.executable, "-c", "import torch\n" + PEAK_LINE], capture_output=True, text=True)
+    torch_mb = int(res.stdout.split()[-1]) / 1024
+    print(f"of which importing torch alone: {torch_mb:.0f} MB (torch {torch.__version__}, "
+          f"{'a CUDA build: without a GPU, the CPU build holds less (README)' if torch.version.cuda else 'the CPU build'})")
 
 
 def _davis_clips():
@@ -402,6 +418,7 @@ def main():
         p.error("--threads, --frames, --whole_frames and --repeats must be >= 1")
     if extra and a.what != "pipeline":
         p.error(f"unrecognized arguments: {' '.join(extra)} (only 'pipeline' passes flags on to inference.py)")
+    print(machine())
     if a.what in ("network", "all"):
         bench_network(a.threads or default_threads())
     if a.what in ("pipeline", "all"):
