@@ -24,8 +24,14 @@ else
         fi
         index="${TORCH_INDEX_URL-$cpu_index}"
         if [ -n "$index" ] && ! "$VENV/bin/python" -c 'import torch, torchvision' >/dev/null 2>&1; then
-            "$VENV/bin/python" -m pip install -q torch torchvision --index-url "$index" >&2 \
-                || echo "note: torch from $index failed; taking pip's default build instead" >&2
+            # probed first: pip would retry an unreachable index for every package, for minutes
+            if "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/torch/", timeout=10)' \
+                    "$index" >/dev/null 2>&1; then
+                "$VENV/bin/python" -m pip install -q torch torchvision --index-url "$index" >&2 \
+                    || echo "note: torch from $index failed; taking pip's default build instead" >&2
+            else
+                echo "note: $index cannot be reached; taking pip's default torch (a CUDA build: more memory)" >&2
+            fi
         fi
         "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements.txt" >&2 \
             || { echo "error: pip install -r requirements.txt failed (see above)" >&2; exit 1; }
