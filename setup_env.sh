@@ -6,6 +6,21 @@
 #    first (pip's default is a CUDA build: 5 GB more disk, ~0.45 GB more memory at run time, 2 s
 #    more start-up); TORCH_INDEX_URL overrides where torch comes from ('' = pip's default).
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# PyTorch's CPU build into a new venv where no NVIDIA GPU is visible, before requirements.txt
+# (which then keeps it); $1: the venv's python
+torch_first() {
+    local index="https://download.pytorch.org/whl/cpu"
+    if command -v nvidia-smi >/dev/null 2>&1 || [ -e /proc/driver/nvidia ]; then index=""; fi
+    index="${TORCH_INDEX_URL-$index}"
+    if [ -z "$index" ] || "$1" -c 'import torch, torchvision' >/dev/null 2>&1; then return; fi
+    # probed first: pip would retry an unreachable index for every package, for minutes
+    if ! "$1" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/torch/", timeout=10)' \
+            "$index" >/dev/null 2>&1; then
+        echo "note: $index cannot be reached; taking pip's default torch (a CUDA build: more memory)" >&2
+    elif ! "$1" -m pip install -q torch torchvision --index-url "$index" >&2; then
+        echo "note: torch from $index failed; taking pip's default build instead" >&2
+    fi
+}
 _probe='import torch, torchvision, av, cv2, tqdm, numpy, ultralytics, open_clip, transformers, bjontegaard, matplotlib, pytest, ray'
 if [ -n "${VIRTUAL_ENV:-}${CONDA_PREFIX:-}" ] && python -c "$_probe" >/dev/null 2>&1; then
     PY="$(command -v python)"
@@ -17,22 +32,7 @@ else
         echo "setting up $VENV from requirements.txt (first run only; a few minutes)..." >&2
         python3 -m venv "$VENV" || { echo "error: could not create $VENV (is python3-venv installed?)" >&2; exit 1; }
         "$VENV/bin/python" -m pip install -q --upgrade pip >&2 || true
-        if command -v nvidia-smi >/dev/null 2>&1 || [ -e /proc/driver/nvidia ]; then
-            cpu_index=""
-        else
-            cpu_index="https://download.pytorch.org/whl/cpu"
-        fi
-        index="${TORCH_INDEX_URL-$cpu_index}"
-        if [ -n "$index" ] && ! "$VENV/bin/python" -c 'import torch, torchvision' >/dev/null 2>&1; then
-            # probed first: pip would retry an unreachable index for every package, for minutes
-            if "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/torch/", timeout=10)' \
-                    "$index" >/dev/null 2>&1; then
-                "$VENV/bin/python" -m pip install -q torch torchvision --index-url "$index" >&2 \
-                    || echo "note: torch from $index failed; taking pip's default build instead" >&2
-            else
-                echo "note: $index cannot be reached; taking pip's default torch (a CUDA build: more memory)" >&2
-            fi
-        fi
+        torch_first "$VENV/bin/python"
         "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements.txt" >&2 \
             || { echo "error: pip install -r requirements.txt failed (see above)" >&2; exit 1; }
         echo "$want" > "$stamp"
