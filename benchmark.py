@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ import cv2
 import numpy as np
 import torch
 
-from inference import default_threads
+from inference import default_threads, usable_cores
 
 REPO = Path(__file__).resolve().parent
 
@@ -73,13 +72,15 @@ def bench_network(threads: int, repeats: int = 30):
     print(f"cv2.resize INTER_AREA, same frame (uint8): median {1000 * statistics.median(cv_times):.2f} ms")
 
 
+def torch_build() -> str:
+    return f"torch {torch.__version__} ({'a CUDA' if torch.version.cuda else 'the CPU'} build)"
+
+
 def machine() -> str:
     """What the numbers were measured on: the CPU, the cores this process may use, the torch build."""
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
                None) if Path("/proc/cpuinfo").is_file() else None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"machine: {cpu or 'unknown CPU'}, {cores} cores; torch {torch.__version__} "
-            f"({'a CUDA' if torch.version.cuda else 'the CPU'} build)")
+    return f"machine: {cpu or 'unknown CPU'}, {usable_cores()} cores; {torch_build()}"
 
 
 def _clip_720p(n: int) -> Path:
@@ -239,8 +240,8 @@ def bench_memory(threads: Optional[int] = None):
               f"({100 * (peaks[1] / peaks[0] - 1):+.1f}%)")
     res = subprocess.run([sys.executable, "-c", "import torch\n" + PEAK_LINE], capture_output=True, text=True)
     torch_mb = int(res.stdout.split()[-1]) / 1024
-    print(f"of which importing torch alone: {torch_mb:.0f} MB (torch {torch.__version__}, "
-          f"{'a CUDA build: without a GPU, the CPU build holds less (README)' if torch.version.cuda else 'the CPU build'})")
+    print(f"of which importing torch alone: {torch_mb:.0f} MB, {torch_build()}"
+          f"{'; without a GPU, the CPU build holds less (README)' if torch.version.cuda else ''}")
 
 
 def _davis_clips():

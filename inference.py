@@ -127,11 +127,15 @@ def check_config(cfg: InferenceConfig) -> None:
     rd_control.check(cfg.enc)
 
 
+def usable_cores() -> int:
+    """The cores this process may use (its CPU affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_threads() -> int:
     """Half the cores this process may use: the pipeline's stages run side by side, so threads
     inside each op mostly compete with them."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // 2)
+    return max(1, usable_cores() // 2)
 
 
 def load_downsampler(cfg: InferenceConfig) -> tuple[ROIDownsampler, str]:
