@@ -53,6 +53,7 @@ class RoiOptions:
     masks_dir: Optional[str] = None
     roi_motion: str = "on"
     seg_runtime: str = "auto"
+    skip_quiet_keyframes: str = "off"
 
 
 def add_roi_args(p: argparse.ArgumentParser, default_source: str = "auto", only: Optional[Sequence[str]] = None,
@@ -75,6 +76,9 @@ def add_roi_args(p: argparse.ArgumentParser, default_source: str = "auto", only:
         "masks_dir": dict(default=None, help="0/255 PNG masks named like the frames (--roi_source masks)"),
         "roi_motion": dict(default=d.roi_motion, help="on | off: while the camera is still, what moves is ROI "
                            "too, detected or not"),
+        "skip_quiet_keyframes": dict(default=d.skip_quiet_keyframes, help="on | off: with --roi_motion on, while "
+                                     "the camera is still and nothing has moved since YOLO last ran, a keyframe "
+                                     "carries its masks instead of running it again (at least once a second still)"),
         "seg_runtime": dict(default=d.seg_runtime, help="auto: on the CPU a .pt segmenter runs in ONNX Runtime, "
                             "exported once into .cache/onnx/ (the same masks in about half the time); torch: in "
                             "PyTorch as loaded"),
@@ -101,6 +105,8 @@ def check_roi_options(opts: RoiOptions) -> RoiOptions:
         raise UserError(f"--keyframe_interval must be >= 1, got {opts.keyframe_interval}")
     if opts.roi_motion not in ("on", "off"):
         raise UserError(f"--roi_motion {opts.roi_motion}: choose on or off")
+    if opts.skip_quiet_keyframes not in ("on", "off"):
+        raise UserError(f"--skip_quiet_keyframes {opts.skip_quiet_keyframes}: choose on or off")
     if opts.seg_runtime not in SEG_RUNTIMES:
         raise UserError(f"--seg_runtime {opts.seg_runtime}: choose {' or '.join(SEG_RUNTIMES)}")
     return opts
@@ -403,27 +409,38 @@ def warp_by_flow(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
 
 class KeyframeSource:
     """Runs an expensive segmenter every `interval` frames and carries its mask in between by
-    warping it with dense optical flow (Farneback at low resolution), so objects stay covered."""
+    warping it with dense optical flow (Farneback at low resolution), so objects stay covered.
 
-    def __init__(self, segmenter, interval: int = 1, flow_width: int = 256, flow=farneback_flow):
+    A keyframe told ``quiet`` (nothing has moved since the segmenter last ran: StillCameraUnion
+    knows) carries the mask too: the segmenter would see the same picture. It still runs at least
+    every `max_quiet` frames, for what moves too little or too faintly for the motion detector."""
+
+    def __init__(self, segmenter, interval: int = 1, flow_width: int = 256, flow=farneback_flow,
+                 max_quiet: int = 25):
         if interval < 1:
             raise UserError(f"--keyframe_interval must be >= 1, got {interval}")
         self.segmenter, self.interval, self.flow_width, self.flow = segmenter, interval, flow_width, flow
+        self.max_quiet = max_quiet
         self.stateful = interval > 1  # warping needs every frame, in order
         self.index, self.prev_gray, self.prev_mask = 0, None, None
+        self.runs, self.last_run, self.detected = 0, 0, False  # segmenter calls; the frame of the last
 
-    def mask(self, frame: np.ndarray, name: Optional[str] = None) -> np.ndarray:
+    def mask(self, frame: np.ndarray, name: Optional[str] = None, quiet: bool = False) -> np.ndarray:
         gray = _small_gray(frame, self.flow_width) if self.interval > 1 else None
-        if self.index % self.interval == 0 or self.prev_mask is None:
+        due = self.index % self.interval == 0 or self.prev_mask is None
+        self.detected = due and not (quiet and self.prev_mask is not None and self.index - self.last_run < self.max_quiet)
+        if self.detected:
             full = self.segmenter.segment(frame)
             small = cv2.resize(full, gray.shape[::-1], interpolation=cv2.INTER_AREA) if gray is not None else full
+            self.runs, self.last_run = self.runs + 1, self.index
+        elif gray is None:  # every frame a keyframe (no flow kept): nothing moved, the mask stays
+            small = full = self.prev_mask
         else:
             small = warp_by_flow(self.prev_mask, self.flow(gray, self.prev_gray))
             full = cv2.resize(small, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
         self.index += 1
         self.prev_gray, self.prev_mask = gray, small
         return full
-
 
 
 class MotionSource:
@@ -541,19 +558,26 @@ class StillCameraUnion:
     MAX_MOVING_SHARE = 0.05
     WINDOW = 25  # frames the moving share is averaged over
 
-    def __init__(self, detector, motion: Optional[MotionSource] = None):
+    def __init__(self, detector, motion: Optional[MotionSource] = None, skip_quiet: bool = False):
         from concurrent.futures import ThreadPoolExecutor
         self.detector, self.motion = detector, motion or MotionSource()
         self.segmenter = getattr(detector, "segmenter", None)  # what report.json describes
         self.moving_share, self.seen = 0.0, 0
+        # skip_quiet: the detector (a KeyframeSource) is told when the view has been still and
+        # motionless since it last ran, from the frames before this one (this one's motion is
+        # united below in any case)
+        self.skip_quiet, self.quiet = skip_quiet, False
         # motion runs beside the detector (both release the GIL): one frame's ROI in the time of the
         # slower; the thread ends when this object is collected
         self.beside = ThreadPoolExecutor(1, thread_name_prefix="motion")
 
     def mask(self, frame: np.ndarray, name: Optional[str] = None) -> np.ndarray:
         moving_soon = self.beside.submit(self.motion.moving, frame)
-        found = self.detector.mask(frame, name)
+        found = self.detector.mask(frame, name, quiet=self.quiet) if self.skip_quiet else self.detector.mask(frame, name)
         moving, size = moving_soon.result(), frame.shape[:2]  # brought to full size only when it is used
+        if self.skip_quiet:  # motion in the detector's own frame counts too: it may go on moving
+            self.quiet = ((self.detector.detected or self.quiet) and self.motion.drift <= self.STILL_DRIFT
+                          and not moving.any())
         self.seen += 1
         self.moving_share += (full_size_share(moving, size) - self.moving_share) / min(self.seen, self.WINDOW)
         if self.motion.drift <= self.STILL_DRIFT and self.moving_share <= self.MAX_MOVING_SHARE:
@@ -651,9 +675,11 @@ def make_roi_source(opts: RoiOptions, frame_names=None, device=None, yolo_model=
         warn(f"{e} -- falling back to --roi_source motion")
         warn_unknown_classes(opts.roi_classes)
         return MotionSource(), "motion"
+    if opts.skip_quiet_keyframes == "on" and opts.roi_motion == "off":
+        warn("--skip_quiet_keyframes is ignored with --roi_motion off (quiet is what the motion detector sees)")
     seg = YoloSegmenter(model, opts.roi_classes, opts.conf, opts.seg_imgsz, device)
     source = KeyframeSource(seg, opts.keyframe_interval)
     if opts.roi_motion == "on":
-        return StillCameraUnion(source), "yolo+motion"
+        return StillCameraUnion(source, skip_quiet=opts.skip_quiet_keyframes == "on"), "yolo+motion"
     return source, "yolo"
 

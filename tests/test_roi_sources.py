@@ -146,3 +146,66 @@ def test_moving_share_counted_at_work_resolution_equals_the_full_size_mean(size)
     for density in (0.0, 0.01, 0.05, 0.3, 1.0):
         small = (rng.random((round(h * 320 / w), 320)) < density).astype(np.float32)
         assert full_size_share(small, size) == float(full_size(small, size).mean())
+
+
+class RedSquareSegmenter:
+    """Finds the red square of parked_then_moving_frames; counts its calls."""
+    calls = 0
+
+    def segment(self, frame):
+        self.calls += 1
+        return np.all(frame == [230, 60, 40], axis=-1).astype(np.float32)
+
+
+def parked_then_moving_frames(n=40, start=20, h=192, w=256):
+    """A still camera: a red square parked for `start` frames, then driving off to the right."""
+    frames, masks = moving_square_frames(n=1, h=h, w=w)
+    background = frames[0].copy()
+    background[10:26, 4:20] = background[10:26, 30:46]  # the conftest square painted over
+    out, truth = [], []
+    for t in range(n):
+        x = 40 + 4 * max(0, t - start)
+        f = background.copy()
+        f[60:92, x:x + 32] = [230, 60, 40]
+        out.append(f)
+        truth.append(np.all(f == [230, 60, 40], axis=-1))
+    return out, truth
+
+
+def test_a_quiet_keyframe_carries_the_mask_but_the_segmenter_still_runs_every_max_quiet_frames():
+    frames = parked_then_moving_frames(n=20, start=99)[0]  # nothing moves
+    seg = RedSquareSegmenter()
+    src = KeyframeSource(seg, interval=3, flow_width=128, max_quiet=7)
+    ran = []
+    for t, f in enumerate(frames):
+        got = src.mask(f, quiet=True)
+        ran += [t] if src.detected else []
+        assert (got > 0.5).sum() == np.all(f == [230, 60, 40], axis=-1).sum(), t
+    assert ran == [0, 9, 18] and seg.calls == src.runs == 3
+    every = KeyframeSource(RedSquareSegmenter(), interval=1, max_quiet=4)  # no flow kept: the mask itself stays
+    masks = [every.mask(f, quiet=True) for f in frames[:6]]
+    assert every.runs == 2 and all(np.array_equal(m, masks[0]) for m in masks)
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_skipping_quiet_keyframes_runs_the_detector_once_things_move_and_keeps_them_covered(skip):
+    frames, truth = parked_then_moving_frames()
+    src = StillCameraUnion(KeyframeSource(RedSquareSegmenter(), interval=5), skip_quiet=skip)
+    ran = []
+    for t, (f, square) in enumerate(zip(frames, truth)):
+        got = src.mask(f) > 0.5
+        ran += [t] if src.detector.detected else []
+        assert got[square].mean() > 0.9, t  # parked, carried or moving: covered on every frame
+    # parked (frames 0-19): one run; moving from frame 20: every keyframe after it has seen motion
+    assert ran == ([0, 25, 30, 35] if skip else [0, 5, 10, 15, 20, 25, 30, 35])
+
+
+def test_skipping_quiet_keyframes_needs_roi_motion(capsys):
+    model = load_yolo("yolov8n-seg.yaml")
+    source, _ = make_roi_source(RoiOptions(roi_source="yolo", seg_imgsz=64, skip_quiet_keyframes="on"), yolo_model=model)
+    assert source.skip_quiet
+    make_roi_source(RoiOptions(roi_source="yolo", seg_imgsz=64, skip_quiet_keyframes="on", roi_motion="off"),
+                    yolo_model=model)
+    assert "--skip_quiet_keyframes is ignored with --roi_motion off" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--skip_quiet_keyframes"):
+        check_roi_options(RoiOptions(skip_quiet_keyframes="yes"))
