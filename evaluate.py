@@ -504,7 +504,8 @@ def run_signature(args, enc, crfs, methods, masks_from: str) -> str:
         "engine.py"))).hexdigest()
     return json.dumps([code, str(ckpt), stamp, args.scale_factor, crfs, methods, dataclasses.asdict(enc), args.max_frames,
                        args.static_frames, args.det_every, args.detector_path, args.background_strength, args.background_quality,
-                       masks_from], sort_keys=True, default=str)
+                       masks_from, {k: getattr(args, k) for k in RoiOptions.__dataclass_fields__}],
+                      sort_keys=True, default=str)
 
 
 def parse_crfs(text: str) -> list[int]:

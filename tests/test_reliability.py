@@ -479,3 +479,16 @@ def test_evaluate_max_frames_zero_is_one_line(tmp_path, capsys):
     assert evaluate.main(["--input", str(clip), "--max_frames", "0", "--methods", "area", "--detector_path", "none",
                           "--output_dir", str(tmp_path / "eval")]) == 2
     assert "--max_frames" in capsys.readouterr().err and not (tmp_path / "eval").exists()
+
+
+def test_a_resumed_suite_reuses_a_clip_only_when_its_roi_flags_are_the_same():
+    """The ROI flags decide the masks: a result stored under other flags is measured again."""
+    import evaluate
+    from rd_control import EncoderOptions
+
+    def signature(*flags):
+        args = evaluate.build_parser().parse_args(["--suite", *flags])
+        return evaluate.run_signature(args, EncoderOptions(), [23], ["area"], "yolo+motion yolov8n-seg-dq.pt")
+    assert signature() == signature()
+    for flags in (["--keyframe_interval", "5"], ["--skip_quiet_keyframes", "on"], ["--seg_imgsz", "320"]):
+        assert signature(*flags) != signature(), flags
