@@ -11,6 +11,8 @@
     python benchmark.py roi            # the ROI's defaults, on DAVIS (../shared) against its human masks: YOLO
                                        # input size (mask IoU, ms a frame); the flow that carries masks between
                                        # keyframes (IoU on the frames between, ms a frame)
+    python benchmark.py static         # --skip_quiet_keyframes off vs on on the static-camera clips (../shared):
+                                       # frames/s, YOLO runs, bytes, at keyframe interval 1 and 5
     python benchmark.py all
 
 The float segmenter is models/yolov8n-seg.pt, else ../shared/models/yolov8n-seg-dq.pt (the same
@@ -224,6 +226,28 @@ def _pipeline_report(flags: list, clip: Path) -> dict:
         return json.loads((Path(out) / "run" / "report.json").read_text())
 
 
+def bench_static(threads: Optional[int] = None):
+    """--skip_quiet_keyframes off vs on, on the static-camera clips of ../shared: inference.py with the
+    float .pt, all else default, every frame and every 5th a keyframe; one run of each (whole clips:
+    minutes on a slow machine), so differences under ~10 % are this machine's noise."""
+    import paths
+    clips = sorted(paths.STATIC.glob("*.mp4")) if paths.STATIC.is_dir() else []
+    pt = float_segmenter()
+    if not clips or pt.endswith(".yaml"):
+        print(f"static: needs the static-camera clips and YOLO .pt weights ({paths.SHARED}): skipped")
+        return
+    for clip in clips:
+        for k in (1, 5):
+            off, on = (_pipeline_report([*_threads_flag(threads), *_yolo_flags(pt, k), "--skip_quiet_keyframes", s],
+                                        clip) for s in ("off", "on"))
+            keyframes = -(-off["frames"] // k)
+            print(f"static {clip.name} ({off['frames']} frames {off['input_size'][0]}x{off['input_size'][1]} x2), "
+                  f"keyframe interval {k}, --skip_quiet_keyframes off -> on: {off['overall_fps']:.1f} -> "
+                  f"{on['overall_fps']:.1f} frames/s ({on['overall_fps'] / off['overall_fps']:.2f}x); YOLO ran on "
+                  f"{off['detector_runs']} -> {on['detector_runs']} of {keyframes} keyframes; video.mp4 "
+                  f"{off['video_bytes']} -> {on['video_bytes']} B ({100 * (on['video_bytes'] / off['video_bytes'] - 1):+.1f}%)")
+
+
 def bench_memory(threads: Optional[int] = None):
     """Peak RSS of a child inference process on N and 10N frames: flat if streaming works. The
     segmenter of the pipeline benchmark (.pt, keyframe interval 5) and the weight-free motion ROI."""
@@ -409,7 +433,7 @@ def bench_roi():
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", nargs="?", default="all", choices=["network", "pipeline", "threads", "memory", "roi", "all"])
+    p.add_argument("what", nargs="?", default="all", choices=["network", "pipeline", "threads", "memory", "roi", "static", "all"])
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: inference.py's own)")
     p.add_argument("--frames", type=int, default=100, help="pipeline: frames of the 720p clip")
     p.add_argument("--whole_frames", type=int, default=300, help="pipeline: frames of the whole-process comparison")
@@ -431,6 +455,8 @@ def main():
         bench_memory(a.threads)
     if a.what in ("roi", "all"):
         bench_roi()
+    if a.what in ("static", "all"):
+        bench_static(a.threads)
 
 
 if __name__ == "__main__":
