@@ -334,7 +334,8 @@ def run_sequence(model, cfg: InferenceConfig, seq_path: Path, out_dir: Path, dev
         "fps": reader.info.fps, "roi_source": source_used, "skipped_frames": reader.skipped,
         "seg_imgsz": getattr(getattr(source, "segmenter", None), "imgsz", None),
         "seg_runtime": getattr(getattr(source, "segmenter", None), "runtime", None),
-        "detector_runs": getattr(getattr(source, "detector", source), "runs", None),  # fewer than keyframes when quiet ones are skipped
+        # YOLO's runs: fewer than the keyframes where --skip_quiet_keyframes skipped some
+        "detector_runs": getattr(getattr(source, "detector", source), "runs", None),
         "input_frames": names if reader.files else None,  # output frame i was made from input_frames[i]
         **measured, "encoder": asdict(cfg.enc), "background_crf": cfg.enc.crf + cfg.enc.max_delta,
         "x264_regions": [[[list(r), q] for r, q in regs] for regs in writer.regions], **decider.report(),

@@ -11,7 +11,8 @@ builds one from the CLI flags and applies the offline policy:
 
 With ``--roi_motion on`` (the default) a detector's masks are united with what moves while the
 camera is still (``StillCameraUnion``): on a static camera nothing that moves is coarsened or held,
-whether the detector saw it or not; a moving camera keeps the detector's masks alone.
+whether the detector saw it or not; a moving camera keeps the detector's masks alone. With
+``--skip_quiet_keyframes on`` the detector also skips keyframes where nothing has moved since it ran.
 """
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def add_roi_args(p: argparse.ArgumentParser, default_source: str = "auto", only:
                            "too, detected or not"),
         "skip_quiet_keyframes": dict(default=d.skip_quiet_keyframes, help="on | off: with --roi_motion on, while "
                                      "the camera is still and nothing has moved since YOLO last ran, a keyframe "
-                                     "carries its masks instead of running it again (at least once a second still)"),
+                                     "carries its masks instead of running it again (still at least every 25 frames)"),
         "seg_runtime": dict(default=d.seg_runtime, help="auto: on the CPU a .pt segmenter runs in ONNX Runtime, "
                             "exported once into .cache/onnx/ (the same masks in about half the time); torch: in "
                             "PyTorch as loaded"),
@@ -423,12 +424,13 @@ class KeyframeSource:
         self.max_quiet = max_quiet
         self.stateful = interval > 1  # warping needs every frame, in order
         self.index, self.prev_gray, self.prev_mask = 0, None, None
-        self.runs, self.last_run, self.detected = 0, 0, False  # segmenter calls; the frame of the last
+        self.runs, self.last_run, self.detected = 0, 0, False  # calls; index of the last; did this frame call
 
     def mask(self, frame: np.ndarray, name: Optional[str] = None, quiet: bool = False) -> np.ndarray:
         gray = _small_gray(frame, self.flow_width) if self.interval > 1 else None
         due = self.index % self.interval == 0 or self.prev_mask is None
-        self.detected = due and not (quiet and self.prev_mask is not None and self.index - self.last_run < self.max_quiet)
+        carry = quiet and self.prev_mask is not None and self.index - self.last_run < self.max_quiet
+        self.detected = due and not carry
         if self.detected:
             full = self.segmenter.segment(frame)
             small = cv2.resize(full, gray.shape[::-1], interpolation=cv2.INTER_AREA) if gray is not None else full
