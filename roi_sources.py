@@ -577,12 +577,12 @@ class StillCameraUnion:
         moving_soon = self.beside.submit(self.motion.moving, frame)
         found = self.detector.mask(frame, name, quiet=self.quiet) if self.skip_quiet else self.detector.mask(frame, name)
         moving, size = moving_soon.result(), frame.shape[:2]  # brought to full size only when it is used
+        still = self.motion.drift <= self.STILL_DRIFT
         if self.skip_quiet:  # motion in the detector's own frame counts too: it may go on moving
-            self.quiet = ((self.detector.detected or self.quiet) and self.motion.drift <= self.STILL_DRIFT
-                          and not moving.any())
+            self.quiet = (self.detector.detected or self.quiet) and still and not moving.any()
         self.seen += 1
         self.moving_share += (full_size_share(moving, size) - self.moving_share) / min(self.seen, self.WINDOW)
-        if self.motion.drift <= self.STILL_DRIFT and self.moving_share <= self.MAX_MOVING_SHARE:
+        if still and self.moving_share <= self.MAX_MOVING_SHARE:
             return np.maximum(found, full_size(moving, size))
         return found
 

@@ -148,39 +148,45 @@ def test_moving_share_counted_at_work_resolution_equals_the_full_size_mean(size)
         assert full_size_share(small, size) == float(full_size(small, size).mean())
 
 
+RED = [230, 60, 40]
+
+
+def red_pixels(frame):
+    return np.all(frame == RED, axis=-1)
+
+
 class RedSquareSegmenter:
     """Finds the red square of parked_then_moving_frames; counts its calls."""
     calls = 0
 
     def segment(self, frame):
         self.calls += 1
-        return np.all(frame == [230, 60, 40], axis=-1).astype(np.float32)
+        return red_pixels(frame).astype(np.float32)
 
 
 def parked_then_moving_frames(n=40, start=20, h=192, w=256):
     """A still camera: a red square parked for `start` frames, then driving off to the right."""
-    frames, masks = moving_square_frames(n=1, h=h, w=w)
-    background = frames[0].copy()
+    background = moving_square_frames(n=1, h=h, w=w)[0][0].copy()
     background[10:26, 4:20] = background[10:26, 30:46]  # the conftest square painted over
     out, truth = [], []
     for t in range(n):
         x = 40 + 4 * max(0, t - start)
         f = background.copy()
-        f[60:92, x:x + 32] = [230, 60, 40]
+        f[60:92, x:x + 32] = RED
         out.append(f)
-        truth.append(np.all(f == [230, 60, 40], axis=-1))
+        truth.append(red_pixels(f))
     return out, truth
 
 
 def test_a_quiet_keyframe_carries_the_mask_but_the_segmenter_still_runs_every_max_quiet_frames():
-    frames = parked_then_moving_frames(n=20, start=99)[0]  # nothing moves
+    frames, truth = parked_then_moving_frames(n=20, start=99)  # nothing moves
     seg = RedSquareSegmenter()
     src = KeyframeSource(seg, interval=3, flow_width=128, max_quiet=7)
     ran = []
-    for t, f in enumerate(frames):
+    for t, (f, square) in enumerate(zip(frames, truth)):
         got = src.mask(f, quiet=True)
         ran += [t] if src.detected else []
-        assert (got > 0.5).sum() == np.all(f == [230, 60, 40], axis=-1).sum(), t
+        assert (got > 0.5).sum() == square.sum(), t
     assert ran == [0, 9, 18] and seg.calls == src.runs == 3
     every = KeyframeSource(RedSquareSegmenter(), interval=1, max_quiet=4)  # no flow kept: the mask itself stays
     masks = [every.mask(f, quiet=True) for f in frames[:6]]
