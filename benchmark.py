@@ -408,7 +408,7 @@ def bench_threads(threads: Optional[int] = None, frames: int = 300):
         raise SystemExit("thread benchmark failed")
     r = json.loads(line[0][len("THREADS "):])
     what = {"MainThread": "main (start-up, the network's stateful part)",
-            "input": "input (read, detector, flow, the network's stateless part)",
+            "input": "input (read, flow, the network's stateless part)", "detector_0": "detector",
             "writer": "writer (closed loop, x264)", "motion_0": "motion"}
     groups: dict = {}
     for name, seconds in r["cpu"].items():

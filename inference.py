@@ -23,7 +23,7 @@ import os
 import queue
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -261,17 +261,27 @@ class SequenceWriter:
 
 def read_frames(reader: FrameReader, source, s: int, seconds: dict, bar, names: list):
     """(frame, mask) pairs: read, crop to a multiple of s, find the ROI; timed per stage. The input
-    file name of each output frame is appended to names (frame folders)."""
-    frames = iter(reader)
+    file name of each output frame is appended to names (frame folders). A source with a
+    ``lookahead`` is told of each frame (``announce``) that many frames before its mask is asked
+    for: its detector works on a keyframe while the frames before it are made."""
+    frames, read = iter(reader), deque()
+    depth = getattr(source, "lookahead", 0)
     while True:
         with timed(seconds, "read"):
             frame = next(frames, None)
-        if frame is None:
+        if frame is not None:
+            frame = crop_to_multiple(frame, s)
+            if depth:
+                source.announce(frame)
+            read.append((frame, reader.last_name))
+            if len(read) <= depth:
+                continue
+        if not read:
             return
-        frame = crop_to_multiple(frame, s)
+        frame, name = read.popleft()
         with timed(seconds, "segment"):
-            mask = np.asarray(source.mask(frame, reader.last_name), dtype=np.float32)  # no copy when float32
-        names.append(reader.last_name)
+            mask = np.asarray(source.mask(frame, name), dtype=np.float32)  # no copy when float32
+        names.append(name)
         bar.update()
         yield frame, mask
 

@@ -425,6 +425,27 @@ class KeyframeSource:
         self.stateful = interval > 1  # warping needs every frame, in order
         self.index, self.prev_gray, self.prev_mask = 0, None, None
         self.runs, self.last_run, self.detected = 0, 0, False  # calls; index of the last; did this frame call
+        self.lookahead = interval  # frames a reader may announce() ahead of mask()
+        self.announced, self.pending, self.beside = 0, {}, None  # pending: keyframe index -> its segmentation
+
+    def announce(self, frame: np.ndarray) -> None:
+        """Told of each frame as it is read, up to ``lookahead`` frames before mask() is asked for
+        it: a keyframe is then segmented on the detector's own thread (the runtimes release the
+        GIL) while flow and the network work on the frames before it. The same masks, sooner."""
+        i, self.announced = self.announced, self.announced + 1
+        if i % self.interval == 0:
+            if self.beside is None:  # the thread ends when this object is collected
+                from concurrent.futures import ThreadPoolExecutor
+                self.beside = ThreadPoolExecutor(1, thread_name_prefix="detector")
+            self.pending[i] = self.beside.submit(self.segmenter.segment, frame)
+
+    def _segment(self, frame: np.ndarray) -> np.ndarray:
+        """This frame's segmentation: announced (on the detector's thread), else made now (on that
+        thread too once it exists: the model is never run by two threads at once)."""
+        soon = self.pending.pop(self.index, None)
+        if soon is None and self.beside is not None:
+            soon = self.beside.submit(self.segmenter.segment, frame)
+        return soon.result() if soon is not None else self.segmenter.segment(frame)
 
     def mask(self, frame: np.ndarray, name: Optional[str] = None, quiet: bool = False) -> np.ndarray:
         gray = _small_gray(frame, self.flow_width) if self.interval > 1 else None
@@ -432,7 +453,7 @@ class KeyframeSource:
         carry = quiet and self.prev_mask is not None and self.index - self.last_run < self.max_quiet
         self.detected = due and not carry
         if self.detected:
-            full = self.segmenter.segment(frame)
+            full = self._segment(frame)
             small = cv2.resize(full, gray.shape[::-1], interpolation=cv2.INTER_AREA) if gray is not None else full
             self.runs, self.last_run = self.runs + 1, self.index
         elif gray is None:  # every frame a keyframe (no flow kept): nothing moved, the mask stays
@@ -440,6 +461,7 @@ class KeyframeSource:
         else:
             small = warp_by_flow(self.prev_mask, self.flow(gray, self.prev_gray))
             full = cv2.resize(small, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_LINEAR)
+        self.pending.pop(self.index, None)  # announced but carried (quiet): not needed
         self.index += 1
         self.prev_gray, self.prev_mask = gray, small
         return full
@@ -572,6 +594,14 @@ class StillCameraUnion:
         # motion runs beside the detector (both release the GIL): one frame's ROI in the time of the
         # slower; the thread ends when this object is collected
         self.beside = ThreadPoolExecutor(1, thread_name_prefix="motion")
+        # the detector's look-ahead; not while skipping: whether a keyframe is quiet is known only
+        # once the frames before it have been seen
+        self.lookahead = 0 if skip_quiet else getattr(detector, "lookahead", 0)
+
+    def announce(self, frame: np.ndarray) -> None:
+        """Passed on to the detector (KeyframeSource.announce) when it looks ahead."""
+        if self.lookahead:
+            self.detector.announce(frame)
 
     def mask(self, frame: np.ndarray, name: Optional[str] = None) -> np.ndarray:
         moving_soon = self.beside.submit(self.motion.moving, frame)

@@ -191,3 +191,42 @@ def test_torch_takes_half_the_cores_by_default(monkeypatch):
     assert inference.default_threads() == 4
     monkeypatch.setattr(inference.os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert inference.default_threads() == 1
+
+
+def test_read_frames_announces_each_frame_lookahead_frames_before_its_mask():
+    class Reader:
+        def __init__(self, frames):
+            self.frames, self.last_name = frames, None
+
+        def __iter__(self):
+            for i, f in enumerate(self.frames):
+                self.last_name = f"{i:05d}.png"
+                yield f
+
+    class Noting:
+        lookahead = 2
+
+        def __init__(self):
+            self.events = []
+
+        def announce(self, frame):
+            self.events.append(("announce", int(frame[0, 0, 0])))
+
+        def mask(self, frame, name):
+            self.events.append(("mask", int(frame[0, 0, 0]), name))
+            return np.full(frame.shape[:2], frame[0, 0, 0] / 10, np.float32)
+
+    class Bar:
+        def update(self):
+            pass
+
+    frames = [np.full((4, 6, 3), i, np.uint8) for i in range(5)]
+    source, names, seconds = Noting(), [], {"read": 0.0, "segment": 0.0}
+    pairs = list(inference.read_frames(Reader(frames), source, 2, seconds, Bar(), names))
+    assert [int(f[0, 0, 0]) for f, _ in pairs] == [0, 1, 2, 3, 4] and names == [f"{i:05d}.png" for i in range(5)]
+    assert all(m[0, 0] == np.float32(f[0, 0, 0] / 10) for f, m in pairs)
+    asked = [e for e in source.events if e[0] == "mask"]
+    assert [e[2] for e in asked] == names  # each mask gets its own frame's name, not the newest read
+    for i in range(5):  # frame i + 2 (when there is one) is announced before frame i's mask is asked for
+        at = source.events.index(("mask", i, names[i]))
+        assert ("announce", min(i + 2, 4)) in source.events[:at]

@@ -39,6 +39,61 @@ def test_keyframes_run_the_segmenter_every_n_frames_and_flow_carries_the_mask():
         KeyframeSource(seg, interval=0)
 
 
+class ThreadNoting(StubSegmenter):
+    """StubSegmenter that also notes the thread each call ran on."""
+
+    def segment(self, frame):
+        self.threads = getattr(self, "threads", []) + [threading.current_thread().name]
+        return super().segment(frame)
+
+
+def masks_read_ahead(src, frames):
+    """Each frame's mask the way inference reads them: announced `src.lookahead` frames ahead; and
+    the keyframes whose segmentation was under way when each mask was asked for."""
+    for f in frames[: src.lookahead]:
+        src.announce(f)
+    out, under_way = [], []
+    for i, f in enumerate(frames):
+        if i + src.lookahead < len(frames):
+            src.announce(frames[i + src.lookahead])
+        under_way.append(sorted(src.pending))
+        out.append(src.mask(f))
+    return out, under_way
+
+
+def test_announced_keyframes_are_segmented_on_the_detectors_thread_with_the_same_masks():
+    frames, masks = moving_square_frames(n=8, h=96, w=128)
+    plain, ahead = StubSegmenter(masks), ThreadNoting(masks)
+    plain.frames = ahead.frames = frames
+    src = KeyframeSource(plain, interval=3, flow_width=128)
+    expected = [src.mask(f) for f in frames]
+    src = KeyframeSource(ahead, interval=3, flow_width=128)
+    assert src.lookahead == 3
+    got, under_way = masks_read_ahead(src, frames)
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+    # every keyframe within the look-ahead is being segmented before its mask is asked for
+    assert under_way == [[k for k in (0, 3, 6) if i <= k <= i + 3] for i in range(8)]
+    assert ahead.seen == [0, 3, 6] and src.runs == 3 and not src.pending
+    assert all(name.startswith("detector") for name in ahead.threads)
+
+
+def test_a_detector_error_on_its_thread_is_raised_where_the_mask_is_asked_for():
+    class Failing:
+        def segment(self, frame):
+            raise RuntimeError("model failed")
+    src = KeyframeSource(Failing(), interval=2)
+    frame = np.zeros((32, 32, 3), np.uint8)
+    src.announce(frame)
+    with pytest.raises(RuntimeError, match="model failed"):
+        src.mask(frame)
+
+
+def test_skipping_quiet_keyframes_does_not_read_ahead():
+    # whether a keyframe is quiet is known only from the frames before it: nothing is segmented early
+    assert StillCameraUnion(KeyframeSource(RedSquareSegmenter(), interval=5), skip_quiet=True).lookahead == 0
+    assert StillCameraUnion(KeyframeSource(RedSquareSegmenter(), interval=5)).lookahead == 5
+
+
 def test_yolo_architecture_from_yaml_segments_offline():
     model = load_yolo("yolov8n-seg.yaml")  # random weights: the real code path, no download
     seg = YoloSegmenter(model, "person,car", imgsz=64)
