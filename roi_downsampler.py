@@ -300,11 +300,16 @@ class SequenceAnalyzer(nn.Module):
         stats = torch.stack([x[:, 3].mean((1, 2)), x[:, 4].mean((1, 2)), texture, mask_jump], 1)
         return torch.cat([feats, stats], 1)
 
-    def forward(self, image, mask, change, state: DownsamplerState):
-        """image, mask, change: (B,·,h,w) at half output resolution."""
-        jump = (mask.new_zeros(mask.shape[0]) if state.prev_roi is None
-                else (mask - state.prev_roi).abs().mean((1, 2, 3)))
-        f = self.frame_features(image, mask, change, jump)
+    @staticmethod
+    def mask_jump(mask, prev_mask):
+        """How much of the ROI changed since the previous frame's (0 at the first)."""
+        return mask.new_zeros(mask.shape[0]) if prev_mask is None else (mask - prev_mask).abs().mean((1, 2, 3))
+
+    def forward(self, image, mask, change, state: DownsamplerState, features=None):
+        """image, mask, change: (B,·,h,w) at half output resolution. features: this frame's
+        frame_features when they were made ahead (ROIDownsampler.ahead)."""
+        f = features if features is not None else \
+            self.frame_features(image, mask, change, self.mask_jump(mask, state.prev_roi))
         ema = f if state.feature_ema is None else self.momentum * state.feature_ema + (1 - self.momentum) * f
         seen = f[:, -4:]
         if state.prev_roi is None:  # how much the ROI jumps is unknown yet: assume the worst (all of it)
@@ -388,6 +393,12 @@ class TemporalConsistencyModule(nn.Module):
         """Mean absolute colour change at half resolution (2x2 averaged, so lone noisy pixels count less)."""
         return area_pool((now - before).abs().mean(1, keepdim=True), 2)
 
+    @staticmethod
+    def moved_map(change, size):
+        """Where the input itself changed, with its 3x3 neighbourhood, at output resolution (size):
+        what hold_background refreshes whatever the held value."""
+        return upsample(dilate(change, 3), size)
+
     def smooth_mask(self, mask, prev_mask, change):
         """mask, prev_mask at output resolution; change at half resolution (the gate runs there)."""
         if prev_mask is None:
@@ -398,7 +409,7 @@ class TemporalConsistencyModule(nn.Module):
     def hold_background(self, background, prev_background, hold, threshold, moved=None, roi=None):
         """Hold the previous background where it is still right. A pixel is refreshed at once
         (with its 3x3 neighbourhood) where the held value is more than ``threshold`` off the new one,
-        where the input itself changed by that much (``moved``, half resolution), or within ~16
+        where the input itself changed by that much (``moved``: moved_map), or within ~16
         output pixels of where an object is or just was (``roi``: soft masks of this and the previous
         frame; the coarse background there shifts as the object moves): an object that leaves is
         never kept as a fading ghost, whatever its contrast."""
@@ -410,7 +421,7 @@ class TemporalConsistencyModule(nn.Module):
         size = background.shape[-2:]
         stale = dilate(diff, 3) > thr
         if moved is not None:
-            stale = stale | (upsample(dilate(moved, 3), size) > thr)
+            stale = stale | (moved > thr)
         if roi is not None:  # near an object the coarse background shifts as it moves: never held there
             near = dilate(max_pool(roi, 4), 9) > 0.05  # ~16 output pixels around it, at quarter resolution
             stale = stale | repeat_pixels(near, 4)[..., : size[0], : size[1]]
@@ -495,9 +506,13 @@ class ROIDownsampler(nn.Module):
         Sizes that are not multiples of s are cropped bottom/right (output floor(H/s) x floor(W/s)).
         """
         state = state or DownsamplerState()
-        frame, base, half, roi_half, shaped = prepared or self.prepare(frame, mask)
-        change = self.change(base, state)
-        params, ema, stats = self.analyzer(half, roi_half, change, state)
+        frame, base, half, roi_half, shaped, *ahead = prepared or self.prepare(frame, mask)
+        if ahead and ahead[0] is state.prev_base:  # made ahead from the same previous frame
+            change, moved, features = ahead[1:]
+        else:
+            change, features = self.change(base, state), None
+            moved = None if state.prev_base is None else self.temporal.moved_map(change, base.shape[-2:])
+        params, ema, stats = self.analyzer(half, roi_half, change, state, features)
         params = self.effective(params)
         p = dict(zip(PARAM_NAMES, params.unbind(1)))
 
@@ -509,7 +524,7 @@ class ROIDownsampler(nn.Module):
         background = base + p["bg_simplify"].view(-1, 1, 1, 1) * (simple - base)
         was_roi = soft if state.prev_mask is None else torch.maximum(soft, state.prev_mask)
         background = self.temporal.hold_background(background, state.prev_background, p["bg_hold"], p["hold_threshold"],
-                                                   change if state.prev_base is not None else None, was_roi)
+                                                   moved, was_roi)
         background = self.apply_floor(background, base, 1 - soft)
 
         out = (background + soft * (sharp - background)).clamp(0, 1)
@@ -579,6 +594,19 @@ class ROIDownsampler(nn.Module):
         if state.prev_base is None:
             return torch.zeros_like(base[:, :1, ::2, ::2])
         return self.temporal.change_map(base, state.prev_base)
+
+    def ahead(self, ready: tuple, before: Optional[tuple]) -> tuple:
+        """``ready`` (a frame's prepare()) extended with what step() makes from it and the frame
+        before it (``before``, that frame's ahead(); None at the first): the previous area downscale,
+        the change since it, where the input moved (moved_map) and the analyser's frame features.
+        Streaming makes them on the input thread (engine.prepared); step() takes them when its state's
+        previous frame is ``before``, else makes them itself."""
+        _, base, half, roi_half, _ = ready[:5]
+        prev_base, prev_roi = (before[1], before[3]) if before is not None else (None, None)
+        change = self.change(base, DownsamplerState(prev_base=prev_base))
+        moved = None if prev_base is None else self.temporal.moved_map(change, base.shape[-2:])
+        features = self.analyzer.frame_features(half, roi_half, change, self.analyzer.mask_jump(roi_half, prev_roi))
+        return (*ready[:5], prev_base, change, moved, features)
 
     @torch.no_grad()
     def prime(self, frames, masks) -> DownsamplerState:

@@ -146,6 +146,48 @@ def test_tensor_to_frames_rounds_clamps_and_leaves_its_input_alone():
     assert torch.equal(x, before)
     y = torch.rand(2, 3, 5, 6).movedim(1, -1).contiguous().movedim(-1, 1)  # channels-last strides
     assert np.array_equal(tensor_to_frames(y), (y.clamp(0, 1) * 255).round().byte().movedim(1, -1).numpy())
+    for c in (1, 2, 3, 4):  # one frame: interleaved by OpenCV
+        z = torch.rand(c, 5, 6)
+        assert np.array_equal(tensor_to_frames(z), (z * 255).round().byte().movedim(0, -1).numpy())
+
+
+def nontrivial_model(s=2):
+    torch.manual_seed(0)
+    model = ROIDownsampler(DownsamplerConfig(scale_factor=s)).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # every part active
+            p.add_(torch.randn_like(p) * 0.3)
+    return model
+
+
+def test_streaming_with_the_work_made_ahead_gives_the_same_frames_and_masks():
+    import engine
+    model = nontrivial_model()
+    frames, masks = clip(t=11)
+    frames = [(f * 255).round().byte().permute(1, 2, 0).numpy() for f in frames[0]]  # as decoded: uint8 (H, W, 3)
+    masks = [m[0].numpy() for m in masks[0]]
+    plain = engine.downsample(model, frames, masks, batch=3, with_masks=True)
+    featured = model.analyzer.frame_features
+    calls = []
+    model.analyzer.frame_features = lambda *a: calls.append(1) or featured(*a)
+    chunks = list(engine.stream(model, engine.prepared(model, zip(frames, masks)), batch=3))
+    assert all(np.array_equal(a, b) for a, b in zip([i for c in chunks for i in c.images], plain[0]))
+    assert all(np.array_equal(a, b) for a, b in zip([m for c in chunks for m in c.softs], plain[1]))
+    # made once per frame ahead (+ the gate's priming), never again in step()
+    assert len(calls) == len(frames) + min(len(frames), model.cfg.gate_lookahead)
+
+
+def test_work_made_ahead_from_another_previous_frame_is_not_used():
+    model = nontrivial_model()
+    frames, masks = clip(t=3)
+    with torch.no_grad():
+        state = None
+        for t in range(2):
+            _, _, _, state = model.step(frames[:, t], masks[:, t], state)
+        wrong = model.ahead(model.prepare(frames[:, 2], masks[:, 2]), None)  # as if frame 2 came first
+        out, soft, _, _ = model.step(frames[:, 2], masks[:, 2], state, wrong)
+        want, want_soft, _, _ = model.step(frames[:, 2], masks[:, 2], state)
+    assert torch.equal(out, want) and torch.equal(soft, want_soft)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 37, 53), (2, 3, 40, 64)])
