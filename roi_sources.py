@@ -428,12 +428,13 @@ class KeyframeSource:
         self.lookahead = interval  # frames a reader may announce() ahead of mask()
         self.announced, self.pending, self.beside = 0, {}, None  # pending: keyframe index -> its segmentation
 
-    def announce(self, frame: np.ndarray) -> None:
+    def announce(self, frame: np.ndarray, segment: bool = True) -> None:
         """Told of each frame as it is read, up to ``lookahead`` frames before mask() is asked for
         it: a keyframe is then segmented on the detector's own thread (the runtimes release the
-        GIL) while flow and the network work on the frames before it. The same masks, sooner."""
+        GIL) while flow and the network work on the frames before it. The same masks, sooner.
+        ``segment`` False: not ahead (it will likely be carried); mask() segments it if it must."""
         i, self.announced = self.announced, self.announced + 1
-        if i % self.interval == 0:
+        if segment and i % self.interval == 0:
             if self.beside is None:  # the thread ends when this object is collected
                 from concurrent.futures import ThreadPoolExecutor
                 self.beside = ThreadPoolExecutor(1, thread_name_prefix="detector")
@@ -594,14 +595,13 @@ class StillCameraUnion:
         # motion runs beside the detector (both release the GIL): one frame's ROI in the time of the
         # slower; the thread ends when this object is collected
         self.beside = ThreadPoolExecutor(1, thread_name_prefix="motion")
-        # the detector's look-ahead; not while skipping: whether a keyframe is quiet is known only
-        # once the frames before it have been seen
-        self.lookahead = 0 if skip_quiet else getattr(detector, "lookahead", 0)
+        self.lookahead = getattr(detector, "lookahead", 0)
 
     def announce(self, frame: np.ndarray) -> None:
-        """Passed on to the detector (KeyframeSource.announce) when it looks ahead."""
-        if self.lookahead:
-            self.detector.announce(frame)
+        """Passed on to the detector (KeyframeSource.announce). While skipping, whether a keyframe
+        is quiet is known only once the frames before it are seen: it is segmented ahead only while
+        the view is not quiet now (a keyframe that turns quiet meanwhile costs one unused run)."""
+        self.detector.announce(frame, segment=not (self.skip_quiet and self.quiet))
 
     def mask(self, frame: np.ndarray, name: Optional[str] = None) -> np.ndarray:
         moving_soon = self.beside.submit(self.motion.moving, frame)
